@@ -1,0 +1,260 @@
+"""The agent: ties configuration, registry, hooks, recorder and worker together."""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import sqlalchemy
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+
+from . import __version__
+from .config import AgentConfig
+from .hooks import ListenerSet
+from .hooks.engine import EngineHooks
+from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
+from .locations import LocationFinder
+from .protocol import MAX_HOLDERS
+from .recorder import Recorder
+from .registry import EngineEntry, PoolEntry, Registry, engine_info
+from .stats import EngineStats
+from .worker import Worker
+
+log = logging.getLogger("tracker")
+
+#: A control handler takes the message's args and returns (status, reason).
+ControlHandler = Callable[[dict[str, Any]], "tuple[str, str]"]
+
+
+class Agent:
+    """One instrumented process. Use :func:`tracker.instrument` rather than this."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.recorder = Recorder(config.queue_size)
+        self.finder = LocationFinder(config.skip_modules, config.stack_depth)
+        self.registry = Registry(self._on_new_engine, self._on_new_pool)
+        self.listeners = ListenerSet()
+        self.pool_hooks = PoolHooks(self.registry, self.recorder, self.finder,
+                                    config.capture_locations)
+        self.engine_hooks = EngineHooks(self.registry, self.recorder)
+        self.controls: dict[str, ControlHandler] = {}
+        self.dashboard_process_id: int | None = None
+        self.worker = Worker(self)
+        self.run_worker = False
+        self._pid = os.getpid()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, *, run_worker: bool = True) -> None:
+        self.run_worker = run_worker
+        self.pool_hooks.install(self.listeners)
+        self.engine_hooks.install(self.listeners)
+        self.discover_existing()
+        if run_worker:
+            self.worker.start()
+
+    def stop(self) -> None:
+        self.listeners.remove_all()
+        for pool_entry in list(self.registry.pools.values()):
+            pool = pool_entry.pool_ref()
+            if pool is not None:
+                unwrap_connect(pool)
+        self.worker.stop(self.config.flush_timeout)
+        self.registry.clear()
+        self.recorder.clear()
+
+    def discover_existing(self) -> int:
+        """Register every engine already alive in the process (one scan of the heap),
+        so that idle engines show up before their first checkout."""
+        found = 0
+        for obj in gc.get_objects():
+            if isinstance(obj, Engine):
+                try:
+                    self.registry.engine_entry(obj)
+                    found += 1
+                except Exception as exc:
+                    self.recorder.count_error("discover", exc)
+        return found
+
+    def after_fork_in_child(self) -> None:
+        """Restart the worker in a forked child: new pid, nothing inherited to send."""
+        self.worker.abandon()
+        self._pid = os.getpid()
+        self.started = time.time()
+        self.recorder = Recorder(self.config.queue_size)
+        self.pool_hooks.recorder = self.engine_hooks.recorder = self.recorder
+        for pool_entry in list(self.registry.pools.values()):
+            # connections the parent held are not this process's to report
+            pool_entry.holders.clear()
+            pool_entry.waiters.clear()
+        self.worker = Worker(self)
+        if self.run_worker:
+            self.worker.start()
+
+    # -- discovery callbacks (run on the application's thread) -----------------------
+
+    def _on_new_engine(self, entry: EngineEntry) -> None:
+        pass  # the worker announces engines it has not announced yet on its next round
+
+    def _on_new_pool(self, entry: PoolEntry, pool: Pool) -> None:
+        try:
+            wrap_connect(pool, entry, self.recorder, self.finder,
+                         self.config.capture_locations)
+        except Exception as exc:
+            self.recorder.count_error("wrap_connect", exc)
+
+    # -- what is reported ------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "t": "hello",
+            "app": self.config.app,
+            "process": {
+                "host": socket.gethostname(),
+                "pid": self._pid,
+                "ppid": os.getppid(),
+                "started": self.started,
+                "argv": [str(arg)[:500] for arg in sys.argv[:20]],
+                "python": sys.version.split()[0],
+                "sqlalchemy": sqlalchemy.__version__,
+                "agent": __version__,
+            },
+            "engines": [self.engine_info(entry, engine)
+                        for entry, engine in self.registry.live_engines()],
+            "capabilities": {"capture_parameters": self.config.capture_parameters},
+        }
+
+    def engine_info(self, entry: EngineEntry, engine: Engine | None) -> dict[str, Any]:
+        return engine_info(entry, engine, self._pool_of(entry, engine))
+
+    def _pool_of(self, entry: EngineEntry, engine: Engine | None) -> Pool | None:
+        if engine is not None:
+            return engine.pool
+        for pool_entry in list(self.registry.pools.values()):
+            if pool_entry.engine is entry:
+                return pool_entry.pool_ref()
+        return None
+
+    def engine_state(self, entry: EngineEntry, engine: Engine | None,
+                     stats: EngineStats) -> dict[str, Any]:
+        """Gauges read from the pool now, plus the worker's cumulative aggregates."""
+        pool = self._pool_of(entry, engine)
+        pool_entry = self.registry.pools.get(id(pool)) if pool is not None else None
+        holders = dict(pool_entry.holders) if pool_entry is not None else {}
+        waiting = len(pool_entry.waiters) if pool_entry is not None else 0
+        gauges: dict[str, Any] = {"checked_out": len(holders), "waiting": waiting}
+        status = None
+        if pool is not None:
+            gauges.update(_pool_gauges(pool))
+            try:
+                status = pool.status()
+            except Exception:
+                status = None
+        listed = sorted(holders.values(), key=lambda holder: holder[0])[:MAX_HOLDERS]
+        return {
+            "id": entry.id,
+            "gauges": gauges,
+            "status": status,
+            "counters": stats.counters_dict(),
+            "wait": stats.wait.as_dict(),
+            "hold": stats.hold.as_dict(),
+            "holders": [
+                {"since": since, "thread": thread, "thread_id": tid,
+                 "location": stack[0] if stack else None, "stack": stack}
+                for since, _t0, tid, thread, stack in listed
+            ],
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Aggregate whatever is queued and return the state message (for local use
+        and tests). Only call it when no worker thread is running, or from the worker."""
+        self.worker.process(self.recorder.drain())
+        return self.worker.state()
+
+
+def _pool_gauges(pool: Pool) -> dict[str, Any]:
+    """checked_out / idle / overflow / size / capacity where the pool class has them."""
+    gauges: dict[str, Any] = {}
+    for key, method in (("checked_out", "checkedout"), ("idle", "checkedin"),
+                        ("overflow", "overflow"), ("size", "size")):
+        fn = getattr(pool, method, None)
+        if callable(fn):
+            try:
+                gauges[key] = int(fn())
+            except Exception:
+                pass
+    max_overflow = getattr(pool, "_max_overflow", None)
+    if "size" in gauges and isinstance(max_overflow, int) and max_overflow >= 0:
+        gauges["capacity"] = gauges["size"] + max_overflow
+    if "overflow" in gauges:
+        # QueuePool counts overflow from -size; report only connections beyond size
+        gauges["overflow"] = max(0, gauges["overflow"])
+    return gauges
+
+
+# -- the process-wide agent --------------------------------------------------------
+
+_lock = threading.Lock()
+_agent: Agent | None = None
+_fork_handler_registered = False
+_atexit_registered = False
+
+
+def current() -> Agent | None:
+    """The running agent, or None."""
+    return _agent
+
+
+def start(config: AgentConfig, *, run_worker: bool = True) -> Agent | None:
+    global _agent, _fork_handler_registered, _atexit_registered
+    with _lock:
+        if _agent is not None:
+            return _agent
+        if not config.enabled:
+            return None
+        agent = Agent(config)
+        agent.start(run_worker=run_worker)
+        _agent = agent
+        if not _fork_handler_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_handler_registered = True
+        if not _atexit_registered:
+            atexit.register(_at_exit)
+            _atexit_registered = True
+        return agent
+
+
+def stop() -> None:
+    global _agent
+    with _lock:
+        agent, _agent = _agent, None
+    if agent is not None:
+        agent.stop()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # it may have been held by another thread at fork time
+    agent = _agent
+    if agent is not None:
+        try:
+            agent.after_fork_in_child()
+        except Exception:
+            pass
+
+
+def _at_exit() -> None:
+    try:
+        stop()
+    except Exception:
+        pass

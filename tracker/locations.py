@@ -1,0 +1,79 @@
+"""Find the application code that caused an event: the first frames outside
+SQLAlchemy, the agent and other plumbing.
+
+Called on the application's thread (at checkout), so it must be cheap: whether a code
+object belongs to the application is decided once per code object and cached.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import CodeType, FrameType
+
+
+class LocationFinder:
+    """Walks the current stack and names the application's frames."""
+
+    def __init__(self, skip_modules: tuple[str, ...], depth: int) -> None:
+        self._skip_dirs = tuple(_module_dirs(skip_modules))
+        self._depth = depth
+        self._is_app: dict[CodeType, bool] = {}
+
+    def stack(self, frame: FrameType | None = None) -> list[str]:
+        """Up to ``depth`` application frames, innermost first, as ``file:line in fn``."""
+        if frame is None:
+            frame = sys._getframe(1)
+        found: list[str] = []
+        is_app = self._is_app
+        while frame is not None and len(found) < self._depth:
+            code = frame.f_code
+            app = is_app.get(code)
+            if app is None:
+                app = is_app[code] = self._classify(code)
+            if app:
+                found.append(f"{_short(code.co_filename)}:{frame.f_lineno} in {code.co_name}")
+            frame = frame.f_back
+        return found
+
+    def _classify(self, code: CodeType) -> bool:
+        filename = code.co_filename
+        if filename.startswith("<frozen") or filename.startswith("<string"):
+            return False
+        return not filename.startswith(self._skip_dirs)
+
+
+def _module_dirs(modules: tuple[str, ...]) -> list[str]:
+    """Directories (or file stems) whose code is plumbing, for the given module names."""
+    dirs: list[str] = []
+    stdlib = os.path.dirname(os.__file__)
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except Exception:  # not installed: nothing of it can be on the stack
+                continue
+        path = getattr(module, "__file__", None)
+        if not path:
+            continue
+        if os.path.basename(path) == "__init__.py":
+            dirs.append(os.path.dirname(path) + os.sep)
+        else:
+            dirs.append(os.path.splitext(path)[0])
+    # threading's run/bootstrap frames are never the application's
+    dirs.append(os.path.join(stdlib, "threading.py"))
+    return dirs
+
+
+_CWD = os.getcwd() + os.sep
+
+
+def _short(filename: str) -> str:
+    """A path relative to the working directory (or site-packages) when it is below it."""
+    if filename.startswith(_CWD):
+        return filename[len(_CWD):]
+    marker = filename.rfind("site-packages" + os.sep)
+    if marker >= 0:
+        return filename[marker + len("site-packages") + 1:]
+    return filename

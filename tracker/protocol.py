@@ -1,0 +1,309 @@
+"""The wire protocol between the agent and the dashboard.
+
+This module is the single definition of every message both sides exchange. The agent
+encodes with it; the dashboard validates every incoming frame against it before storing
+anything. It depends only on the standard library and ``orjson``.
+
+Frames are binary websocket messages holding one JSON object (encoded with orjson).
+Every frame carries ``"v"`` (the protocol version) and ``"t"`` (the message type).
+
+Agent → dashboard
+    ``hello``   first frame on every connection: app, process, engines.
+    ``engine``  an engine discovered (or re-configured) after hello.
+    ``state``   periodic state: per-engine pool gauges, counters, distributions and
+                the connections checked out now; the agent's own drop counters.
+    ``events``  a batch of discrete events (``[kind, ts, ...]`` arrays, see ``EVENTS``).
+    ``ack``     the agent's answer to a control message (applied / refused + reason).
+    ``bye``     the process is shutting down cleanly.
+
+Dashboard → agent
+    ``welcome`` the answer to hello.
+    ``control`` a runtime change requested by an operator (toggles, snapshots, traces);
+                the agent answers every one with ``ack``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import orjson
+
+VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+#: Largest frame the dashboard accepts, in bytes (also enforced by the agent, which
+#: splits batches to stay below it).
+MAX_FRAME_BYTES = 1_048_576
+#: Largest number of events in one ``events`` frame.
+MAX_EVENTS_PER_FRAME = 5_000
+#: Longest string accepted in any field (SQL text is truncated by the agent to this).
+MAX_STRING = 8_192
+#: Most connections listed as checked out for one engine in one state frame.
+MAX_HOLDERS = 500
+
+#: Upper bounds, in seconds, of the histogram buckets for connection wait and hold
+#: times; a last bucket catches everything above the final bound.
+HIST_BOUNDS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0,
+)
+HIST_BUCKETS = len(HIST_BOUNDS) + 1
+
+# Websocket close codes (4000–4999 are reserved for applications).
+CLOSE_MALFORMED = 4000
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_UNSUPPORTED_VERSION = 4002
+CLOSE_TOO_LARGE = 4003
+CLOSE_UNKNOWN_TYPE = 4004
+CLOSE_PROTOCOL_ORDER = 4005
+CLOSE_FORBIDDEN_ORIGIN = 4006
+CLOSE_LOGIN_REQUIRED = 4401
+
+#: Reasons the agent counts when it has to drop something.
+DROP_QUEUE_FULL = "queue_full"          # the hook-side queue was full: oldest dropped
+DROP_DISCONNECTED = "disconnected"      # send buffer overflowed while disconnected
+DROP_OVERSIZE = "oversize"              # a single item larger than a frame
+DROP_ENCODE_ERROR = "encode_error"      # could not be encoded
+DROP_REFUSED = "refused"                # the dashboard closed the socket on a frame
+DROP_REASONS = (
+    DROP_QUEUE_FULL, DROP_DISCONNECTED, DROP_OVERSIZE, DROP_ENCODE_ERROR, DROP_REFUSED,
+)
+
+
+class ProtocolError(Exception):
+    """A frame that does not follow this protocol.
+
+    ``code`` is the websocket close code to answer it with; ``str(error)`` the reason.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------
+# Message shapes. A spec maps a field name to its type; a name ending in "?" is
+# optional (and may be null). Types: a Python type (or tuple of types), a nested spec
+# (dict), ``[spec]`` for a list of items of that spec, or ``ANY`` for free JSON
+# (bounded by the frame size only).
+# ---------------------------------------------------------------------------------
+
+ANY = object()
+NUM = (int, float)
+
+ENGINE_INFO: dict[str, Any] = {
+    "id": str,
+    "name": str,
+    "dialect": str,
+    "driver": str,
+    "url": str,
+    "echo": bool,
+    "pool": {
+        "class": str,
+        "size?": int,
+        "max_overflow?": int,
+        "timeout?": NUM,
+        "recycle": int,
+        "pre_ping": bool,
+        "use_lifo?": bool,
+        "reset_on_return?": str,
+    },
+    "created?": NUM,
+    "disposed?": int,
+}
+
+HOLDER: dict[str, Any] = {
+    "since": NUM,
+    "thread": str,
+    "thread_id": int,
+    "location?": str,
+    "stack?": [str],
+}
+
+ENGINE_STATE: dict[str, Any] = {
+    "id": str,
+    "gauges": {
+        "checked_out": int,
+        "idle?": int,
+        "overflow?": int,
+        "size?": int,
+        "capacity?": int,
+        "waiting": int,
+    },
+    "status?": str,
+    "counters": {
+        "connects": int,
+        "checkouts": int,
+        "checkins": int,
+        "invalidations": int,
+        "soft_invalidations": int,
+        "timeouts": int,
+        "closes": int,
+        "detaches": int,
+        "statements": int,
+        "statement_errors": int,
+        "statement_time": NUM,
+    },
+    "wait": {"buckets": [int], "sum": NUM, "max": NUM},
+    "hold": {"buckets": [int], "sum": NUM, "max": NUM},
+    "holders": [HOLDER],
+}
+
+PROCESS_INFO: dict[str, Any] = {
+    "host": str,
+    "pid": int,
+    "ppid?": int,
+    "started": NUM,
+    "argv": [str],
+    "python": str,
+    "sqlalchemy": str,
+    "agent": str,
+}
+
+MESSAGES: dict[str, dict[str, Any]] = {
+    "hello": {
+        "app": str,
+        "process": PROCESS_INFO,
+        "engines": [ENGINE_INFO],
+        "capabilities?": ANY,
+        "framework?": ANY,
+    },
+    "engine": {"engine": ENGINE_INFO},
+    "state": {
+        "ts": NUM,
+        "engines": [ENGINE_STATE],
+        "agent": {
+            "queue": int,
+            "queue_max": int,
+            "drops": {"*": int},
+            "errors": int,
+            "reconnects": int,
+        },
+    },
+    "events": {"events": [list]},
+    "ack": {"id": str, "status": str, "reason?": str},
+    "bye": {},
+    "welcome": {"process": int, "interval": NUM},
+    "control": {"id": str, "action": str, "args?": ANY},
+}
+
+#: Messages the dashboard accepts from an agent.
+AGENT_MESSAGES = frozenset({"hello", "engine", "state", "events", "ack", "bye"})
+
+#: Discrete events in ``events`` frames: ``[kind, ts, engine_id, *fields]``.
+EVENTS: dict[str, tuple[str, ...]] = {
+    # a checkout gave up after the pool's timeout ("QueuePool limit ... reached")
+    "checkout_timeout": ("thread", "location", "waited"),
+    # a pooled connection was invalidated (e.g. "server has gone away")
+    "invalidate": ("thread", "location", "error"),
+    # the engine's pool was replaced by engine.dispose()
+    "dispose": (),
+}
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """Encode one message (adding the protocol version) to frame bytes."""
+    return orjson.dumps({"v": VERSION, **message})
+
+
+def decode(frame: bytes | str, *, allowed: frozenset[str] = AGENT_MESSAGES) -> dict:
+    """Decode and validate one frame; raise :class:`ProtocolError` if it is refused.
+
+    ``allowed`` is the set of message types the receiving side accepts.
+    """
+    size = len(frame)
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            CLOSE_TOO_LARGE, f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}"
+        )
+    try:
+        message = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(CLOSE_MALFORMED, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(CLOSE_MALFORMED, "frame must be a JSON object")
+    version = message.get("v")
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            CLOSE_UNSUPPORTED_VERSION,
+            f"protocol version {version!r} is not supported "
+            f"(supported: {sorted(SUPPORTED_VERSIONS)})",
+        )
+    kind = message.get("t")
+    if kind not in allowed or kind not in MESSAGES:
+        raise ProtocolError(CLOSE_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+    body = {k: v for k, v in message.items() if k not in ("v", "t")}
+    _check(body, MESSAGES[kind], kind)
+    if kind == "events":
+        _check_events(message["events"])
+    return message
+
+
+def _check(value: Any, spec: Any, path: str) -> None:
+    if spec is ANY:
+        return
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ProtocolError(CLOSE_MALFORMED, f"{path}: expected an object")
+        if "*" in spec:  # a map of arbitrary keys to one type
+            for key, item in value.items():
+                _check(item, spec["*"], f"{path}.{key}")
+            return
+        known = set()
+        for name, item_spec in spec.items():
+            optional = name.endswith("?")
+            key = name[:-1] if optional else name
+            known.add(key)
+            if key not in value or value[key] is None:
+                if optional:
+                    continue
+                raise ProtocolError(CLOSE_MALFORMED, f"{path}.{key}: missing")
+            _check(value[key], item_spec, f"{path}.{key}")
+        extra = set(value) - known
+        if extra:
+            raise ProtocolError(
+                CLOSE_MALFORMED, f"{path}: unexpected field(s) {sorted(extra)}"
+            )
+        return
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            raise ProtocolError(CLOSE_MALFORMED, f"{path}: expected a list")
+        for index, item in enumerate(value):
+            _check(item, spec[0], f"{path}[{index}]")
+        return
+    # bool is a subclass of int: never accept one for the other
+    if isinstance(value, bool) != (spec is bool) or not isinstance(value, spec):
+        names = spec.__name__ if isinstance(spec, type) else "number"
+        raise ProtocolError(CLOSE_MALFORMED, f"{path}: expected {names}")
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        raise ProtocolError(CLOSE_MALFORMED, f"{path}: string longer than {MAX_STRING}")
+
+
+def _check_events(events: list) -> None:
+    if len(events) > MAX_EVENTS_PER_FRAME:
+        raise ProtocolError(
+            CLOSE_TOO_LARGE, f"{len(events)} events exceed {MAX_EVENTS_PER_FRAME} per frame"
+        )
+    for index, event in enumerate(events):
+        if len(event) < 3 or not isinstance(event[0], str):
+            raise ProtocolError(CLOSE_MALFORMED, f"events[{index}]: too short")
+        fields = EVENTS.get(event[0])
+        if fields is None:
+            raise ProtocolError(
+                CLOSE_MALFORMED, f"events[{index}]: unknown event kind {event[0]!r}"
+            )
+        if len(event) != 3 + len(fields):
+            raise ProtocolError(
+                CLOSE_MALFORMED,
+                f"events[{index}]: {event[0]} takes {3 + len(fields)} items, got {len(event)}",
+            )
+        if isinstance(event[1], bool) or not isinstance(event[1], NUM):
+            raise ProtocolError(CLOSE_MALFORMED, f"events[{index}]: ts must be a number")
+        if not isinstance(event[2], str):
+            raise ProtocolError(CLOSE_MALFORMED, f"events[{index}]: engine must be a string")
+
+
+def event_dict(event: list) -> dict[str, Any]:
+    """Name the items of a validated event array: ``{"kind", "ts", "engine", ...}``."""
+    kind, ts, engine, *rest = event
+    return {"kind": kind, "ts": ts, "engine": engine, **dict(zip(EVENTS[kind], rest))}

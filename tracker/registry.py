@@ -1,0 +1,184 @@
+"""What the agent knows about: engines and their pools, held by weak reference.
+
+Hooks look entries up by ``id()`` of the engine or pool (a dict lookup, no weakref
+allocation on the hot path); a ``weakref.finalize`` removes an entry when its object
+is collected, so ids are never confused with a later object's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import weakref
+from typing import Any, Callable
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+
+
+class PoolEntry:
+    """Live facts about one pool, written by hooks with atomic dict operations only."""
+
+    __slots__ = ("engine", "pool_ref", "holders", "waiters", "__weakref__")
+
+    def __init__(self, engine: "EngineEntry", pool: Pool) -> None:
+        self.engine = engine
+        self.pool_ref = weakref.ref(pool)
+        #: id(connection record) -> (since wall time, perf t0, thread id, thread name, stack)
+        self.holders: dict[int, tuple[float, float, int, str, list[str]]] = {}
+        #: thread id -> (since wall time, perf t0, stack) for threads inside pool.connect()
+        self.waiters: dict[int, tuple[float, float, list[str]]] = {}
+
+
+class EngineEntry:
+    """One engine (or, for a pool used without an engine, that pool alone)."""
+
+    __slots__ = ("id", "name", "engine_ref", "created", "disposed", "__weakref__")
+
+    def __init__(self, engine_id: str, name: str, engine: Engine | None) -> None:
+        self.id = engine_id
+        self.name = name
+        self.engine_ref = weakref.ref(engine) if engine is not None else None
+        self.created = time.time()
+        self.disposed = 0
+
+    def engine(self) -> Engine | None:
+        return self.engine_ref() if self.engine_ref is not None else None
+
+
+class Registry:
+    """Engines and pools seen by the agent, and the callback run on a new engine."""
+
+    def __init__(self, on_new_engine: Callable[[EngineEntry], None],
+                 on_new_pool: Callable[[PoolEntry, Pool], None]) -> None:
+        self.engines: dict[int, EngineEntry] = {}
+        self.pools: dict[int, PoolEntry] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._on_new_engine = on_new_engine
+        self._on_new_pool = on_new_pool
+
+    def engine_entry(self, engine: Engine) -> EngineEntry:
+        """The entry for ``engine``, registering it (and its current pool) if new."""
+        entry = self.engines.get(id(engine))
+        if entry is None:
+            with self._lock:
+                entry = self.engines.get(id(engine))
+                announce = entry is None
+                if entry is None:
+                    entry = self._adopt_anonymous(engine) or EngineEntry(
+                        f"e{next(self._ids)}", _engine_name(engine), engine
+                    )
+                    self.engines[id(engine)] = entry
+                    weakref.finalize(engine, self.engines.pop, id(engine), None)
+            if announce:
+                self._on_new_engine(entry)
+        self.pool_entry(engine.pool, entry)
+        return entry
+
+    def _adopt_anonymous(self, engine: Engine) -> EngineEntry | None:
+        # The engine's first checkout reaches the pool hooks before engine_connect
+        # names the engine: the entry made for its pool then becomes the engine's.
+        pool_entry = self.pools.get(id(engine.pool))
+        if pool_entry is None or pool_entry.engine.engine_ref is not None:
+            return None
+        entry = pool_entry.engine
+        entry.engine_ref = weakref.ref(engine)
+        entry.name = _engine_name(engine)
+        return entry
+
+    def pool_entry(self, pool: Pool, engine: EngineEntry | None = None) -> PoolEntry:
+        """The entry for ``pool``; a pool never seen through an engine gets its own."""
+        entry = self.pools.get(id(pool))
+        if entry is not None:
+            return entry
+        if engine is None:
+            engine = self._engine_for_pool(pool)
+        with self._lock:
+            entry = self.pools.get(id(pool))
+            if entry is not None:
+                return entry
+            entry = PoolEntry(engine, pool)
+            self.pools[id(pool)] = entry
+            weakref.finalize(pool, self.pools.pop, id(pool), None)
+        self._on_new_pool(entry, pool)
+        return entry
+
+    def _engine_for_pool(self, pool: Pool) -> EngineEntry:
+        # A checkout can reach us before the engine_connect event that names the
+        # engine; find the engine that owns the pool, if we know it.
+        for entry in list(self.engines.values()):
+            engine = entry.engine()
+            if engine is not None and engine.pool is pool:
+                return entry
+        with self._lock:
+            entry = EngineEntry(f"e{next(self._ids)}", f"pool {type(pool).__name__}", None)
+        self._on_new_engine(entry)
+        return entry
+
+    def live_engines(self) -> list[tuple[EngineEntry, Engine | None]]:
+        return [(entry, entry.engine()) for entry in list(self.engines.values())]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.engines.clear()
+            self.pools.clear()
+
+
+def _engine_name(engine: Engine) -> str:
+    url = engine.url
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite":
+        database = database.rsplit("/", 1)[-1] or ":memory:"
+    host = f"@{url.host}" if url.host else ""
+    return f"{url.get_backend_name()}{host}/{database}" if database else url.get_backend_name()
+
+
+def engine_info(entry: EngineEntry, engine: Engine | None, pool: Pool | None) -> dict[str, Any]:
+    """The engine's configuration as sent in ``hello``/``engine`` (password masked)."""
+    info: dict[str, Any] = {
+        "id": entry.id,
+        "name": entry.name,
+        "dialect": "",
+        "driver": "",
+        "url": "",
+        "echo": False,
+        "pool": {"class": type(pool).__name__ if pool is not None else "", "recycle": -1,
+                 "pre_ping": False},
+        "created": entry.created,
+        "disposed": entry.disposed,
+    }
+    if engine is not None:
+        info.update(
+            dialect=engine.dialect.name,
+            driver=engine.dialect.driver,
+            url=engine.url.render_as_string(hide_password=True),
+            echo=bool(engine.echo),
+        )
+    if pool is not None:
+        info["pool"].update(_pool_config(pool))
+    return info
+
+
+def _pool_config(pool: Pool) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "class": type(pool).__name__,
+        "recycle": int(getattr(pool, "_recycle", -1)),
+        "pre_ping": bool(getattr(pool, "_pre_ping", False)),
+    }
+    # size(), timeout() and _max_overflow exist on QueuePool and its subclasses only
+    for name in ("size", "timeout"):
+        method = getattr(pool, name, None)
+        if callable(method):
+            config[name] = method()
+    max_overflow = getattr(pool, "_max_overflow", None)
+    if isinstance(max_overflow, int):
+        config["max_overflow"] = max_overflow
+    use_lifo = getattr(getattr(pool, "_pool", None), "use_lifo", None)
+    if isinstance(use_lifo, bool):
+        config["use_lifo"] = use_lifo
+    reset = getattr(pool, "_reset_on_return", None)
+    if reset is not None:
+        config["reset_on_return"] = str(getattr(reset, "name", reset))
+    return config

@@ -1,0 +1,312 @@
+"""The agent's one background thread: drain, aggregate, send, reconnect, obey.
+
+It is the single owner of the aggregates (:mod:`tracker.stats`); application threads
+only hand it tuples through the :class:`~tracker.recorder.Recorder`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import protocol
+from .hooks import engine as engine_hooks
+from .hooks import pool as pool_hooks
+from .stats import EngineStats
+from .transport import Transport, TransportError
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .registry import EngineEntry
+
+log = logging.getLogger("tracker")
+
+#: How often the worker wakes to drain the queue (seconds).
+TICK = 0.05
+#: Events kept while disconnected; older ones are dropped (counted) beyond this.
+MAX_PENDING_EVENTS = 10_000
+
+
+class Worker:
+    """Aggregates what the hooks record and ships it to the dashboard, if any."""
+
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        self.config = agent.config
+        self.recorder = agent.recorder
+        self.stats: dict[str, EngineStats] = {}
+        self.announced: set[str] = set()
+        self.pending_events: collections.deque[list[Any]] = collections.deque()
+        self.reconnects = 0
+        self.connections = 0
+        self.transport: Transport | None = (
+            Transport(self.config.url, self.config.token,
+                      backoff_initial=self.config.backoff_initial,
+                      backoff_max=self.config.backoff_max)
+            if self.config.url else None
+        )
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self._next_state = 0.0
+        self._next_attempt = 0.0
+        self._last_refusal: str | None = None
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "welcome": self._on_welcome,
+            "control": self._on_control,
+        }
+        self._dispatch: dict[str, Callable[..., None]] = {
+            pool_hooks.CONNECT: self._count("connects"),
+            pool_hooks.CHECKOUT: self._count("checkouts"),
+            pool_hooks.CHECKIN: self._on_checkin,
+            pool_hooks.INVALIDATE: self._on_invalidate,
+            pool_hooks.SOFT_INVALIDATE: self._count("soft_invalidations"),
+            pool_hooks.CLOSE: self._count("closes"),
+            pool_hooks.DETACH: self._count("detaches"),
+            pool_hooks.WAIT: self._on_wait,
+            pool_hooks.TIMEOUT: self._on_timeout,
+            engine_hooks.STATEMENT: self._on_statement,
+            engine_hooks.STATEMENT_ERROR: self._count("statement_errors"),
+            engine_hooks.DISPOSE: self._on_dispose,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="retort-agent", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float) -> bool:
+        """Send what is left (final state and ``bye``) and stop; True if done in time."""
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's thread and socket without using them."""
+        self._thread = None
+        if self.transport is not None:
+            self.transport.abandon()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self.step()
+            except Exception as exc:  # the worker must survive anything
+                if self.recorder.count_error("worker", exc):
+                    log.exception("retort agent: internal error (logged once)")
+            self._wake.wait(TICK)
+            self._wake.clear()
+        try:
+            self.step(final=True)
+            if self.transport is not None and self.transport.connected:
+                self.transport.send(protocol.encode({"t": "bye"}))
+        except Exception:
+            pass
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- one round -------------------------------------------------------------------
+
+    def step(self, final: bool = False) -> None:
+        """Drain and aggregate; when due, build a state frame; talk to the dashboard."""
+        self.process(self.recorder.drain())
+        now = time.monotonic()
+        due = final or now >= self._next_state
+        if due:
+            self._next_state = now + self.config.state_interval
+        if self.transport is None:
+            self.pending_events.clear()  # local-only: nothing to ship events to
+            return
+        if not self.transport.connected:
+            if final or now < self._next_attempt:
+                self._trim_pending()
+                return
+            if not self._open():
+                self._trim_pending()
+                return
+            due = True
+        try:
+            for message in self.transport.receive():
+                self._on_message(message)
+            self._announce_engines()
+            self._send_events()
+            if due:
+                self.transport.send(protocol.encode(self.state()))
+        except TransportError as exc:
+            self._lost(exc)
+
+    def process(self, items: list[tuple[Any, ...]]) -> None:
+        dispatch = self._dispatch
+        for item in items:
+            handler = dispatch.get(item[0])
+            if handler is not None:
+                handler(*item[1:])
+
+    # -- aggregation -----------------------------------------------------------------
+
+    def stats_for(self, entry: "EngineEntry") -> EngineStats:
+        stats = self.stats.get(entry.id)
+        if stats is None:
+            stats = self.stats[entry.id] = EngineStats()
+        return stats
+
+    def _count(self, name: str) -> Callable[..., None]:
+        def count(pool_entry: Any, *rest: Any) -> None:
+            self.stats_for(pool_entry.engine).counters[name] += 1
+        return count
+
+    def _on_checkin(self, pool_entry: Any, held: float | None) -> None:
+        stats = self.stats_for(pool_entry.engine)
+        stats.counters["checkins"] += 1
+        if held is not None:
+            stats.hold.add(held)
+
+    def _on_wait(self, pool_entry: Any, waited: float) -> None:
+        self.stats_for(pool_entry.engine).wait.add(waited)
+
+    def _on_timeout(self, pool_entry: Any, ts: float, waited: float, thread: str,
+                    stack: list[str]) -> None:
+        self.stats_for(pool_entry.engine).counters["timeouts"] += 1
+        self._event(["checkout_timeout", ts, pool_entry.engine.id, thread,
+                     stack[0] if stack else "", waited])
+
+    def _on_invalidate(self, pool_entry: Any, ts: float, thread: str, stack: list[str],
+                       error: str) -> None:
+        self.stats_for(pool_entry.engine).counters["invalidations"] += 1
+        self._event(["invalidate", ts, pool_entry.engine.id, thread,
+                     stack[0] if stack else "", error])
+
+    def _on_statement(self, entry: "EngineEntry", seconds: float, statement: str,
+                      executemany: bool) -> None:
+        stats = self.stats_for(entry)
+        stats.counters["statements"] += 1
+        stats.statement_time += seconds
+
+    def _on_dispose(self, entry: "EngineEntry") -> None:
+        entry.disposed += 1
+        self.announced.discard(entry.id)  # its pool is new: send the config again
+        self._event(["dispose", time.time(), entry.id])
+
+    def _event(self, event: list[Any]) -> None:
+        if self.transport is not None:
+            self.pending_events.append(event)
+
+    def _trim_pending(self) -> None:
+        excess = len(self.pending_events) - MAX_PENDING_EVENTS
+        if excess > 0:
+            for _ in range(excess):
+                self.pending_events.popleft()
+            self.recorder.count_drop(protocol.DROP_DISCONNECTED, excess)
+
+    # -- frames ----------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The ``state`` message: every live engine's pool now, and the agent's health."""
+        engines = []
+        for entry, engine in self.agent.registry.live_engines():
+            engines.append(self.agent.engine_state(entry, engine, self.stats_for(entry)))
+        return {
+            "t": "state",
+            "ts": time.time(),
+            "engines": engines,
+            "agent": {
+                "queue": len(self.recorder),
+                "queue_max": self.recorder.maxlen,
+                "drops": dict(self.recorder.drops),
+                "errors": self.recorder.errors,
+                "reconnects": self.reconnects,
+            },
+        }
+
+    def _announce_engines(self) -> None:
+        for entry, engine in self.agent.registry.live_engines():
+            if entry.id not in self.announced and (engine is not None or entry.engine_ref is None):
+                self.transport.send(protocol.encode(
+                    {"t": "engine", "engine": self.agent.engine_info(entry, engine)}))
+                self.announced.add(entry.id)
+
+    def _send_events(self) -> None:
+        while self.pending_events:
+            batch = []
+            while self.pending_events and len(batch) < protocol.MAX_EVENTS_PER_FRAME:
+                batch.append(self.pending_events.popleft())
+            try:
+                frame = protocol.encode({"t": "events", "events": batch})
+            except TypeError:
+                self.recorder.count_drop(protocol.DROP_ENCODE_ERROR, len(batch))
+                continue
+            self.transport.send(frame)
+
+    def _open(self) -> bool:
+        assert self.transport is not None
+        try:
+            self.transport.open()
+            hello = self.agent.hello()
+            self.transport.send(protocol.encode(hello))
+        except TransportError as exc:
+            self._lost(exc)
+            return False
+        self.announced = {engine["id"] for engine in hello["engines"]}
+        if self.connections:
+            self.reconnects += 1
+        self.connections += 1
+        self._last_refusal = None
+        log.info("retort agent: connected to %s", self.config.url)
+        return True
+
+    def _lost(self, exc: TransportError) -> None:
+        assert self.transport is not None
+        self.transport.close()
+        delay = self.transport.next_delay()
+        if exc.code is not None and exc.code >= 4000:
+            # refused by the dashboard (bad token, bad frame): retrying fast is useless
+            delay = self.config.backoff_max
+            message = f"dashboard refused the agent: {exc.reason or exc.code}"
+            if exc.code != protocol.CLOSE_UNAUTHORIZED:
+                self.recorder.count_drop(protocol.DROP_REFUSED)
+        else:
+            message = str(exc)
+        self._next_attempt = time.monotonic() + delay
+        if message != self._last_refusal:
+            log.warning("retort agent: %s (retrying in %.1fs)", message, delay)
+            self._last_refusal = message
+
+    # -- control messages ------------------------------------------------------------
+
+    def _on_message(self, raw: bytes | str) -> None:
+        try:
+            message = protocol.decode(raw, allowed=frozenset({"welcome", "control"}))
+        except protocol.ProtocolError as exc:
+            if self.recorder.count_error("worker.message", exc):
+                log.warning("retort agent: ignored a message from the dashboard: %s", exc)
+            return
+        self._handlers[message["t"]](message)
+
+    def _on_welcome(self, message: dict[str, Any]) -> None:
+        self.agent.dashboard_process_id = message["process"]
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        handler = self.agent.controls.get(message["action"])
+        if handler is None:
+            status, reason = "refused", f"unknown action {message['action']!r}"
+        else:
+            try:
+                status, reason = handler(message.get("args") or {})
+            except Exception as exc:
+                status, reason = "refused", f"{type(exc).__name__}: {exc}"
+        assert self.transport is not None
+        self.transport.send(protocol.encode(
+            {"t": "ack", "id": message["id"], "status": status, "reason": reason}))
