@@ -58,6 +58,9 @@ class Transport:
                 max_size=MAX_FRAME_BYTES,
                 compression=None,
             )
+            # Entering the connection is how websockets >= 17 is told we manage its
+            # lifetime ourselves (close() below); older versions just return it.
+            self._ws.__enter__()
         except InvalidStatus as exc:
             self.failures += 1
             raise TransportError(

@@ -1,0 +1,386 @@
+"""How much slower does SQLAlchemy work get when Retort's agent is attached?
+
+What it measures
+    Short, connection-heavy SQLAlchemy workloads on a temporary file SQLite database
+    (default pool, i.e. ``QueuePool`` in SQLAlchemy 2.x), modelled on the
+    ``short_selects`` and ``single_inserts`` suites of SQLAlchemy's
+    ``examples/performance``: many tiny operations, each with its own pool checkout
+    and checkin, which is where the agent's hooks (pool events, the ``Pool.connect``
+    wrapper with its stack walk, statement timing) cost the most relative to the work.
+
+    Each workload runs with the agent off and with it on, side by side in one
+    process. "On" is ``tracker.instrument(url=None)``: every hook installed and the
+    worker thread running, draining and aggregating, but no dashboard to send to.
+    "Off" is ``tracker.uninstrument()``. The engine is created before the agent, so
+    it is found by ``instrument()``'s discovery of existing engines.
+
+How it runs
+    The machine is assumed noisy, so runs are interleaved: for each of ``--rounds``
+    rounds, for each workload, one run with the agent off and one with it on, the
+    order alternating between workloads and rounds. Every workload is warmed up once
+    in both modes before the rounds start, and again briefly before each timed run
+    (after the agent was switched), and ``gc.collect()`` precedes each timed run.
+
+How to run it
+    .venv/bin/python bench/agent_overhead.py
+    .venv/bin/python bench/agent_overhead.py --rounds 9 --ops 4000 --json out.json
+
+How to read it
+    Per workload: the median time per operation (µs) with the agent off and on, and
+    the median over rounds of the per-round ratio on/off (1.030 = 3 % slower with
+    the agent). A ratio is taken within a round, so slow phases of the machine affect
+    both sides of it. ``overall`` is the geometric mean of the workload ratios; the
+    exit status is 1 when it exceeds ``--budget`` (default 1.05, i.e. 5 % slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import sqlalchemy
+from sqlalchemy import Engine, String, create_engine, delete, event, insert, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import tracker  # noqa: E402  (after the path tweak so the repo's package is used)
+
+#: Rows present for the select workloads; inserted rows above this are removed again.
+SEED_ROWS = 10_000
+#: Defaults chosen so that a full run takes roughly 30-60 s on a 2-core machine.
+DEFAULT_ROUNDS = 7
+DEFAULT_OPS = 1_000
+DEFAULT_BUDGET = 1.05
+#: Untimed operations run right before each timed run (after the agent is switched).
+PRE_WARMUP_OPS = 200
+
+
+# -- schema ------------------------------------------------------------------------
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "customer"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(String(255))
+
+
+CUSTOMER = Customer.__table__
+SELECT_CORE = select(CUSTOMER.c.id, CUSTOMER.c.name, CUSTOMER.c.description).where(
+    CUSTOMER.c.id == sqlalchemy.bindparam("id"))
+INSERT_CORE = insert(CUSTOMER)
+
+
+def _fast_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
+    # Inserts commit once per operation: on a file database each commit would fsync,
+    # and the disk's latency noise would swamp the microseconds being measured. The
+    # bench measures Python-side cost, so durability is switched off per connection.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=OFF")
+    cursor.execute("PRAGMA journal_mode=MEMORY")
+    cursor.close()
+
+
+def make_engine(path: Path) -> Engine:
+    """A file SQLite engine with its default pool (QueuePool), seeded for selects."""
+    engine = create_engine(f"sqlite:///{path}")
+    event.listen(engine, "connect", _fast_sqlite)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(INSERT_CORE, [
+            {"name": f"customer {i}", "description": f"customer number {i}"}
+            for i in range(1, SEED_ROWS + 1)
+        ])
+    return engine
+
+
+def reset_inserts(engine: Engine) -> None:
+    """Remove the rows insert workloads added, so every run starts from the seed."""
+    with engine.begin() as conn:
+        conn.execute(delete(CUSTOMER).where(CUSTOMER.c.id > SEED_ROWS))
+
+
+# -- workloads: each performs ``ops`` operations ------------------------------------
+
+
+def _ids(ops: int, start: int) -> range:
+    return range(start, start + ops)
+
+
+def _seed_id(i: int) -> int:
+    return i % SEED_ROWS + 1
+
+
+def orm_get(engine: Engine, ops: int, start: int) -> None:
+    """New Session per lookup, ``session.get(Customer, id)``."""
+    for i in _ids(ops, start):
+        with Session(engine) as session:
+            session.get(Customer, _seed_id(i))
+
+
+def orm_select(engine: Engine, ops: int, start: int) -> None:
+    """New Session per lookup, ``select(Customer).where(Customer.id == id)``."""
+    for i in _ids(ops, start):
+        with Session(engine) as session:
+            session.scalars(select(Customer).where(Customer.id == _seed_id(i))).first()
+
+
+def core_select_conn_per_op(engine: Engine, ops: int, start: int) -> None:
+    """``with engine.connect()`` per lookup, one Core select each."""
+    for i in _ids(ops, start):
+        with engine.connect() as conn:
+            conn.execute(SELECT_CORE, {"id": _seed_id(i)}).first()
+
+
+def core_select_one_conn(engine: Engine, ops: int, start: int) -> None:
+    """One connection for all lookups: statement hooks only, one checkout."""
+    with engine.connect() as conn:
+        for i in _ids(ops, start):
+            conn.execute(SELECT_CORE, {"id": _seed_id(i)}).first()
+
+
+def orm_insert(engine: Engine, ops: int, start: int) -> None:
+    """New Session per insert: add one Customer, commit."""
+    for i in _ids(ops, start):
+        with Session(engine) as session:
+            session.add(Customer(name=f"new {i}", description=f"inserted {i}"))
+            session.commit()
+
+
+def core_insert(engine: Engine, ops: int, start: int) -> None:
+    """``with engine.begin()`` per insert, one Core insert each."""
+    for i in _ids(ops, start):
+        with engine.begin() as conn:
+            conn.execute(INSERT_CORE, {"name": f"new {i}", "description": f"inserted {i}"})
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    run: Callable[[Engine, int, int], None]
+    inserts: bool = False
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload("orm_get", orm_get),
+    Workload("orm_select", orm_select),
+    Workload("core_select_conn_per_op", core_select_conn_per_op),
+    Workload("core_select_one_conn", core_select_one_conn),
+    Workload("orm_insert", orm_insert, inserts=True),
+    Workload("core_insert", core_insert, inserts=True),
+)
+
+
+# -- agent switching and timing -----------------------------------------------------
+
+
+@dataclass
+class AgentErrors:
+    """Internal errors the agent counted during 'on' runs (should stay 0)."""
+
+    count: int = 0
+    first: str | None = None
+
+    def collect(self) -> None:
+        agent = tracker.current_agent()
+        if agent is not None and agent.recorder.errors:
+            self.count += agent.recorder.errors
+            self.first = self.first or agent.recorder.first_error
+
+
+def set_agent(on: bool, errors: AgentErrors) -> None:
+    """Off: uninstrument. On: a fresh agent (worker running, no dashboard), so that
+    every 'on' run starts from the same state."""
+    errors.collect()
+    tracker.uninstrument()
+    if on:
+        tracker.instrument(url=None)
+        if not tracker.is_instrumented():
+            raise SystemExit("tracker.instrument() did not attach (RETORT_ENABLED=0?)")
+
+
+def timed_run(engine: Engine, workload: Workload, ops: int, start: int) -> float:
+    """Seconds for ``ops`` operations, after a short warm-up and a full collection."""
+    if workload.inserts:
+        reset_inserts(engine)
+    workload.run(engine, min(PRE_WARMUP_OPS, ops), start)
+    gc.collect()
+    t0 = time.perf_counter()
+    workload.run(engine, ops, start)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class Result:
+    name: str
+    off: list[float] = field(default_factory=list)  # seconds per run
+    on: list[float] = field(default_factory=list)
+
+    def ratios(self) -> list[float]:
+        return [on / off for on, off in zip(self.on, self.off)]
+
+    def ratio(self) -> float:
+        return statistics.median(self.ratios())
+
+    def us_per_op(self, ops: int, on: bool) -> float:
+        return statistics.median(self.on if on else self.off) / ops * 1e6
+
+
+def check_agent_attached(engine: Engine) -> None:
+    """Fail loudly if 'on' would not measure anything: engine unknown, pool unwrapped."""
+    agent = tracker.current_agent()
+    if agent is None or id(engine) not in agent.registry.engines:
+        raise SystemExit("the agent did not discover the benchmark's engine")
+    if "connect" not in engine.pool.__dict__:
+        raise SystemExit("the agent did not wrap the pool's connect()")
+
+
+def warm_up(engine: Engine, ops: int, errors: AgentErrors) -> None:
+    """One untimed run of every workload in both modes."""
+    for on in (False, True):
+        set_agent(on, errors)
+        if on:
+            check_agent_attached(engine)
+        for workload in WORKLOADS:
+            if workload.inserts:
+                reset_inserts(engine)
+            workload.run(engine, ops, 0)
+
+
+def bench(engine: Engine, rounds: int, ops: int, errors: AgentErrors,
+          progress: Callable[[str], None]) -> list[Result]:
+    results = [Result(w.name) for w in WORKLOADS]
+    for r in range(rounds):
+        t_round = time.perf_counter()
+        for w, (workload, result) in enumerate(zip(WORKLOADS, results)):
+            order = (False, True) if (r + w) % 2 == 0 else (True, False)
+            for on in order:
+                set_agent(on, errors)
+                seconds = timed_run(engine, workload, ops, start=r * ops)
+                (result.on if on else result.off).append(seconds)
+        set_agent(False, errors)
+        progress(f"round {r + 1}/{rounds} done in {time.perf_counter() - t_round:.1f} s")
+    return results
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def geometric_mean(values: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def format_table(results: list[Result], ops: int) -> str:
+    width = max(len(r.name) for r in results)
+    header = f"{'workload':<{width}} | {'off µs/op':>10} | {'on µs/op':>10} | {'ratio':>6} | per-round ratios"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        spread = " ".join(f"{x:.3f}" for x in r.ratios())
+        lines.append(f"{r.name:<{width}} | {r.us_per_op(ops, False):>10.1f} | "
+                     f"{r.us_per_op(ops, True):>10.1f} | {r.ratio():>6.3f} | {spread}")
+    return "\n".join(lines)
+
+
+def to_json(results: list[Result], args: argparse.Namespace, overall: float,
+            passed: bool, errors: AgentErrors, elapsed: float) -> dict[str, Any]:
+    return {
+        "benchmark": "agent_overhead",
+        "rounds": args.rounds,
+        "ops": args.ops,
+        "budget": args.budget,
+        "overall_ratio": overall,
+        "passed": passed,
+        "elapsed_s": elapsed,
+        "agent_errors": errors.count,
+        "environment": {
+            "python": platform.python_version(),
+            "sqlalchemy": sqlalchemy.__version__,
+            "tracker": tracker.__version__,
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+        "workloads": {
+            r.name: {
+                "off_us_per_op": r.us_per_op(args.ops, False),
+                "on_us_per_op": r.us_per_op(args.ops, True),
+                "ratio": r.ratio(),
+                "round_ratios": r.ratios(),
+                "off_s": r.off,
+                "on_s": r.on,
+            }
+            for r in results
+        },
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Retort agent overhead on SQLAlchemy work: agent off vs on, interleaved.")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                        help=f"off/on pairs per workload (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--ops", type=int, default=DEFAULT_OPS,
+                        help=f"operations per workload run (default {DEFAULT_OPS})")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the results as JSON to PATH")
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                        help=f"largest acceptable overall ratio (default {DEFAULT_BUDGET})")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.ops < 1:
+        parser.error("--rounds and --ops must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    errors = AgentErrors()
+    print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
+          f"tracker {tracker.__version__}, {os.cpu_count()} CPUs; "
+          f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {args.ops} ops, off and on",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="retort-bench-") as tmp:
+        engine = make_engine(Path(tmp) / "bench.db")
+        print(f"engine: {engine.url} pool={type(engine.pool).__name__}", flush=True)
+        try:
+            warm_up(engine, min(args.ops, 1_000), errors)
+            results = bench(engine, args.rounds, args.ops, errors,
+                            lambda line: print(line, flush=True))
+        finally:
+            set_agent(False, errors)
+            engine.dispose()
+    elapsed = time.perf_counter() - started
+    overall = geometric_mean([r.ratio() for r in results])
+    passed = overall <= args.budget
+    print()
+    print(format_table(results, args.ops))
+    print()
+    if errors.count:
+        print(f"warning: the agent counted {errors.count} internal error(s); first: {errors.first}")
+    print(f"elapsed: {elapsed:.1f} s")
+    print(f"overall: {overall:.3f} (budget {args.budget:.3f}) {'PASS' if passed else 'FAIL'}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(
+            to_json(results, args, overall, passed, errors, elapsed), indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

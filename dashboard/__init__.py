@@ -1,0 +1,1 @@
+"""Retort's dashboard: a Django project and app (settings, ASGI, consumers, pages)."""

@@ -1,0 +1,67 @@
+"""Admin: apps, their agent tokens (created here or with ``create_agent_token``),
+processes and engines (read-only)."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from .models import AgentToken, App, Engine, Process
+
+
+class AgentTokenInline(admin.TabularInline):
+    model = AgentToken
+    extra = 0
+    fields = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+    can_delete = True
+
+
+@admin.register(App)
+class AppAdmin(admin.ModelAdmin):
+    list_display = ("name", "created_at")
+    search_fields = ("name",)
+    inlines = [AgentTokenInline]
+
+
+@admin.register(AgentToken)
+class AgentTokenAdmin(admin.ModelAdmin):
+    list_display = ("app", "name", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("app",)
+    readonly_fields = ("prefix", "created_at", "created_by", "last_used_at")
+    fields = ("app", "name", "prefix", "created_at", "created_by", "last_used_at",
+              "revoked_at")
+    actions = ["revoke"]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token, raw = AgentToken.issue(obj.app, obj.name, request.user)
+        obj.pk = token.pk
+        obj.prefix, obj.digest = token.prefix, token.digest
+        messages.warning(request, f"Agent token for {obj.app}: {raw} — copy it now, "
+                                  f"it is stored hashed and will not be shown again.")
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        messages.info(request, f"{count} token(s) revoked.")
+
+
+@admin.register(Process)
+class ProcessAdmin(admin.ModelAdmin):
+    list_display = ("app", "host", "pid", "started_at", "connected", "last_seen",
+                    "events_dropped")
+    list_filter = ("app", "connected")
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(Engine)
+class EngineAdmin(admin.ModelAdmin):
+    list_display = ("name", "process", "dialect", "driver", "url")
+
+    def has_add_permission(self, request):
+        return False

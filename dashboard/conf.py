@@ -1,0 +1,45 @@
+"""Retort's dashboard settings: one entry point with documented defaults.
+
+Override any key in ``settings.RETORT`` (a dict). The merged values are cached and the
+cache is cleared on ``setting_changed`` so tests can use ``override_settings``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # seconds of pool history kept per engine (older samples are pruned)
+    "POOL_HISTORY_SECONDS": 15 * 60,
+    # at most one stored pool sample per engine per this many seconds
+    "POOL_SAMPLE_SECONDS": 1.0,
+    # seconds without a frame after which a connected process is shown as stale
+    "STALE_AFTER_SECONDS": 10.0,
+    # most live-page refreshes per second per open page
+    "LIVE_UPDATES_PER_SECOND": 4.0,
+    # seconds shown in the engine page's pool timeline
+    "TIMELINE_SECONDS": 5 * 60,
+    # discrete pool events (timeouts, invalidations) kept per engine
+    "EVENTS_PER_ENGINE": 200,
+}
+
+
+@functools.cache
+def _merged() -> dict[str, Any]:
+    return {**DEFAULTS, **getattr(settings, "RETORT", {})}
+
+
+def get(name: str) -> Any:
+    """The value of Retort setting ``name`` (KeyError for a name that does not exist)."""
+    return _merged()[name]
+
+
+@receiver(setting_changed)
+def _clear(*, setting: str, **kwargs: Any) -> None:
+    if setting == "RETORT":
+        _merged.cache_clear()

@@ -1,0 +1,1 @@
+"""Websocket consumers: the agents' socket and the browsers' live socket."""

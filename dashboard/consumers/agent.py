@@ -1,0 +1,136 @@
+"""``/ws/agent/``: where agents connect with their token and stream their frames.
+
+Every frame is validated by ``tracker.protocol.decode`` before anything is stored; a
+refused frame closes the socket with the protocol's close code and the reason, and
+nothing from it is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from tracker import protocol
+
+from .. import groups, ingest
+from ..models import AgentToken
+
+log = logging.getLogger("dashboard.agent")
+
+# a websocket close reason may hold at most 123 bytes
+_MAX_REASON = 120
+
+
+def _reason(text: str) -> str:
+    return text.encode()[:_MAX_REASON].decode(errors="ignore")
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class AgentConsumer(AsyncWebsocketConsumer):
+    """One agent connection: hello first, then state, engine, events, ack, bye."""
+
+    token: AgentToken | None = None
+    process_id: int | None = None
+    state_ingest: ingest.StateIngest | None = None
+
+    async def connect(self) -> None:
+        # Agents are not browsers: a browser page cannot set the Authorization header,
+        # and one that tries this socket is refused outright.
+        await self.accept()
+        if _header(self.scope, b"origin") is not None:
+            await self.refuse(protocol.CLOSE_FORBIDDEN_ORIGIN,
+                              "the agent socket does not accept browser connections")
+            return
+        authorization = _header(self.scope, b"authorization") or ""
+        scheme, _, raw = authorization.partition(" ")
+        token = None
+        if scheme.lower() == "bearer":
+            token = await database_sync_to_async(AgentToken.authenticate)(raw.strip())
+        if token is None:
+            await self.refuse(protocol.CLOSE_UNAUTHORIZED,
+                              "invalid or revoked agent token" if raw else
+                              "missing agent token (Authorization: Bearer rt_...)")
+            return
+        self.token = token
+
+    async def refuse(self, code: int, reason: str) -> None:
+        log.warning("agent refused (%s): %s [%s]", code, reason, self.scope.get("client"))
+        self.token = None
+        await self.close(code=code, reason=_reason(reason))
+
+    async def receive(self, text_data: str | None = None,
+                      bytes_data: bytes | None = None) -> None:
+        if self.token is None:
+            return  # refused already; the close is on its way
+        frame = bytes_data if bytes_data is not None else (text_data or "").encode()
+        try:
+            message = protocol.decode(frame)
+        except protocol.ProtocolError as exc:
+            await self.refuse(exc.code, exc.reason)
+            return
+        kind = message["t"]
+        if self.process_id is None and kind != "hello":
+            await self.refuse(protocol.CLOSE_PROTOCOL_ORDER, f"{kind} before hello")
+            return
+        if self.process_id is not None and kind == "hello":
+            await self.refuse(protocol.CLOSE_PROTOCOL_ORDER, "second hello on one connection")
+            return
+        await getattr(self, f"on_{kind}")(message)
+
+    async def on_hello(self, message: dict[str, Any]) -> None:
+        if message["app"] != self.token.app.name:
+            await self.refuse(protocol.CLOSE_UNAUTHORIZED,
+                              f"this token belongs to app {self.token.app.name!r}, "
+                              f"not {message['app']!r}")
+            return
+        process = await database_sync_to_async(ingest.register_process)(self.token, message)
+        self.process_id = process.pk
+        self.state_ingest = ingest.StateIngest(process.pk)
+        await self.send(bytes_data=protocol.encode(
+            {"t": "welcome", "process": process.pk,
+             "interval": float(getattr(settings, "RETORT_AGENT_INTERVAL", 0.5))}))
+        await self.notify(groups.OVERVIEW)
+
+    async def on_engine(self, message: dict[str, Any]) -> None:
+        pk = await database_sync_to_async(ingest.store_engine)(self.process_id, message)
+        self.state_ingest.forget_engine(message["engine"]["id"])
+        await self.notify(groups.OVERVIEW, groups.engine(pk))
+
+    async def on_state(self, message: dict[str, Any]) -> None:
+        pks = await database_sync_to_async(self.state_ingest.store)(message)
+        await self.notify(groups.OVERVIEW, *(groups.engine(pk) for pk in pks))
+
+    async def on_events(self, message: dict[str, Any]) -> None:
+        pks = await database_sync_to_async(self.state_ingest.store_events)(message)
+        await self.notify(*(groups.engine(pk) for pk in pks))
+
+    async def on_ack(self, message: dict[str, Any]) -> None:
+        log.info("agent %s acknowledged %s: %s", self.process_id, message["id"],
+                 message["status"])
+
+    async def on_bye(self, message: dict[str, Any]) -> None:
+        await self._disconnected()
+
+    async def disconnect(self, code: int) -> None:
+        await self._disconnected()
+
+    async def _disconnected(self) -> None:
+        if self.process_id is not None:
+            process_id, self.process_id = self.process_id, None
+            self.token = None
+            await database_sync_to_async(ingest.mark_disconnected)(process_id)
+            await self.notify(groups.OVERVIEW)
+
+    async def notify(self, *names: str) -> None:
+        for name in names:
+            await self.channel_layer.group_send(name, {"type": groups.CHANGED})

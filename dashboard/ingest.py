@@ -1,0 +1,168 @@
+"""Store validated agent messages. Every function here takes a message that
+``tracker.protocol.decode`` already accepted, and writes it in one transaction, so a
+frame is stored whole or not at all."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone as dt_timezone
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from tracker.protocol import event_dict
+
+from . import conf
+from .models import AgentToken, Engine, PoolEvent, PoolSample, Process
+
+
+def _when(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=dt_timezone.utc)
+
+
+@transaction.atomic
+def register_process(token: AgentToken, hello: dict[str, Any]) -> Process:
+    """Create (or, on reconnect, revive) the process a ``hello`` describes."""
+    info = hello["process"]
+    now = timezone.now()
+    process, _ = Process.objects.get_or_create(
+        app=token.app, host=info["host"][:255], pid=info["pid"],
+        started_at=_when(info["started"]),
+        defaults={"last_seen": now},
+    )
+    process.ppid = info.get("ppid")
+    process.argv = info["argv"]
+    process.python_version = info["python"][:32]
+    process.sqlalchemy_version = info["sqlalchemy"][:32]
+    process.agent_version = info["agent"][:32]
+    process.connected = True
+    process.disconnected_at = None
+    process.last_seen = now
+    process.connections += 1
+    process.save()
+    for engine in hello["engines"]:
+        upsert_engine(process, engine)
+    return process
+
+
+def upsert_engine(process: Process, info: dict[str, Any]) -> Engine:
+    engine, _ = Engine.objects.update_or_create(
+        process=process, key=info["id"],
+        defaults={
+            "name": info["name"][:255],
+            "dialect": info["dialect"][:64],
+            "driver": info["driver"][:64],
+            "url": info["url"][:1000],
+            "echo": info["echo"],
+            "pool": info["pool"],
+            "disposed": info.get("disposed") or 0,
+        },
+    )
+    return engine
+
+
+@transaction.atomic
+def store_engine(process_id: int, message: dict[str, Any]) -> int:
+    process = Process.objects.get(pk=process_id)
+    return upsert_engine(process, message["engine"]).pk
+
+
+class StateIngest:
+    """Stores ``state`` frames of one connection; remembers when it last sampled each
+    engine so the history keeps at most one point per POOL_SAMPLE_SECONDS."""
+
+    def __init__(self, process_id: int) -> None:
+        self.process_id = process_id
+        self.engine_pks: dict[str, int] = {}
+        self.last_sample: dict[int, datetime] = {}
+        self.last_prune: datetime | None = None
+
+    @transaction.atomic
+    def store(self, message: dict[str, Any]) -> list[int]:
+        """Store one state frame; returns the pks of the engines it updated."""
+        now = timezone.now()
+        process = Process.objects.select_for_update().get(pk=self.process_id)
+        agent = message["agent"]
+        process.last_seen = now
+        process.connected = True
+        process.drops = agent["drops"]
+        process.events_dropped = sum(agent["drops"].values())
+        process.agent_errors = agent["errors"]
+        process.queue = agent["queue"]
+        process.save(update_fields=["last_seen", "connected", "drops", "events_dropped",
+                                    "agent_errors", "queue"])
+        sample_every = timedelta(seconds=conf.get("POOL_SAMPLE_SECONDS"))
+        updated = []
+        for state in message["engines"]:
+            pk = self._engine_pk(state["id"])
+            if pk is None:
+                continue  # an engine not announced yet: its state comes again shortly
+            # holder ages are computed from the agent's clock: keep its timestamp
+            Engine.objects.filter(pk=pk).update(state={**state, "ts": message["ts"]},
+                                                state_at=now)
+            updated.append(pk)
+            last = self.last_sample.get(pk)
+            if last is None or now - last >= sample_every:
+                gauges = state["gauges"]
+                PoolSample.objects.create(
+                    engine_id=pk, at=now, checked_out=gauges["checked_out"],
+                    idle=gauges.get("idle"), overflow=gauges.get("overflow"),
+                    capacity=gauges.get("capacity"), waiting=gauges["waiting"],
+                )
+                self.last_sample[pk] = now
+        if self.last_prune is None or now - self.last_prune > timedelta(seconds=30):
+            self.prune(now)
+        return updated
+
+    def prune(self, now: datetime) -> None:
+        cutoff = now - timedelta(seconds=conf.get("POOL_HISTORY_SECONDS"))
+        PoolSample.objects.filter(engine__process_id=self.process_id, at__lt=cutoff).delete()
+        self.last_prune = now
+
+    def _engine_pk(self, key: str) -> int | None:
+        pk = self.engine_pks.get(key)
+        if pk is None:
+            pk = (Engine.objects.filter(process_id=self.process_id, key=key)
+                  .values_list("pk", flat=True).first())
+            if pk is not None:
+                self.engine_pks[key] = pk
+        return pk
+
+    def forget_engine(self, key: str) -> None:
+        self.engine_pks.pop(key, None)
+
+    @transaction.atomic
+    def store_events(self, message: dict[str, Any]) -> list[int]:
+        """Store pool events, keeping the newest EVENTS_PER_ENGINE per engine."""
+        touched: set[int] = set()
+        rows = []
+        for raw in message["events"]:
+            event = event_dict(raw)
+            pk = self._engine_pk(event["engine"])
+            if pk is None:
+                continue
+            detail = ""
+            if event["kind"] == "checkout_timeout":
+                detail = f"waited {event['waited']:.3f} s"
+            elif event["kind"] == "invalidate":
+                detail = str(event["error"])
+            rows.append(PoolEvent(
+                engine_id=pk, at=_when(event["ts"]), kind=event["kind"],
+                thread=str(event.get("thread", ""))[:200],
+                location=str(event.get("location", ""))[:1000], detail=detail[:2000],
+            ))
+            touched.add(pk)
+        PoolEvent.objects.bulk_create(rows)
+        keep = conf.get("EVENTS_PER_ENGINE")
+        for pk in touched:
+            old = list(PoolEvent.objects.filter(engine_id=pk)
+                       .order_by("-at", "-pk").values_list("pk", flat=True)[keep:])
+            if old:
+                PoolEvent.objects.filter(pk__in=old).delete()
+        return sorted(touched)
+
+
+def mark_disconnected(process_id: int) -> None:
+    now = timezone.now()
+    Process.objects.filter(pk=process_id).update(connected=False, disconnected_at=now,
+                                                 last_seen=now)

@@ -1,0 +1,170 @@
+"""What the dashboard stores: apps and their agent tokens, the processes that
+connected, their engines, a bounded pool history and notable pool events."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from . import conf
+
+TOKEN_PREFIX = "rt_"
+
+
+class App(models.Model):
+    """An application whose processes report to Retort (one token or more)."""
+
+    name = models.CharField(max_length=200, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def token_digest(raw: str) -> str:
+    # Tokens are 256-bit random values, so a fast hash is enough: there is nothing to
+    # brute-force, and lookups by digest stay a single indexed query.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class AgentToken(models.Model):
+    """A per-app agent credential. Only its SHA-256 digest is stored; the token itself
+    is shown once, when it is created."""
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="tokens")
+    name = models.CharField(max_length=200, blank=True)
+    prefix = models.CharField(max_length=16, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["app", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.prefix}… {self.name}".strip()
+
+    @classmethod
+    def issue(cls, app: App, name: str = "", user=None) -> tuple["AgentToken", str]:
+        """Create a token for ``app``; returns the row and the token (shown once)."""
+        raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(app=app, name=name, prefix=raw[:10],
+                                   digest=token_digest(raw), created_by=user)
+        return token, raw
+
+    @classmethod
+    def authenticate(cls, raw: str | None) -> "AgentToken | None":
+        """The live token matching ``raw``, or None (unknown, revoked, malformed)."""
+        if not raw or not raw.startswith(TOKEN_PREFIX) or len(raw) > 200:
+            return None
+        token = (cls.objects.select_related("app")
+                 .filter(digest=token_digest(raw), revoked_at__isnull=True).first())
+        if token is not None:
+            cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token
+
+
+class Process(models.Model):
+    """One process of an app running the agent (a restart is a new process)."""
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="processes")
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    ppid = models.IntegerField(null=True, blank=True)
+    started_at = models.DateTimeField()
+    argv = models.JSONField(default=list)
+    python_version = models.CharField(max_length=32)
+    sqlalchemy_version = models.CharField(max_length=32)
+    agent_version = models.CharField(max_length=32)
+    first_seen = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField()
+    connected = models.BooleanField(default=False)
+    disconnected_at = models.DateTimeField(null=True, blank=True)
+    connections = models.IntegerField(default=0)
+    drops = models.JSONField(default=dict)
+    events_dropped = models.BigIntegerField(default=0)
+    agent_errors = models.IntegerField(default=0)
+    queue = models.IntegerField(default=0)
+
+    class Meta:
+        ordering = ["-connected", "-last_seen"]
+        constraints = [models.UniqueConstraint(fields=["app", "host", "pid", "started_at"],
+                                               name="unique_process")]
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.host}:{self.pid}"
+
+    @property
+    def status(self) -> str:
+        """``connected``, ``stale`` (connected but silent) or ``disconnected``."""
+        if not self.connected:
+            return "disconnected"
+        silent = timezone.now() - self.last_seen
+        if silent > timedelta(seconds=conf.get("STALE_AFTER_SECONDS")):
+            return "stale"
+        return "connected"
+
+
+class Engine(models.Model):
+    """An engine of one process, with its configuration and latest pool state."""
+
+    process = models.ForeignKey(Process, on_delete=models.CASCADE, related_name="engines")
+    key = models.CharField(max_length=32)  # the agent's id, unique within the process
+    name = models.CharField(max_length=255)
+    dialect = models.CharField(max_length=64, blank=True)
+    driver = models.CharField(max_length=64, blank=True)
+    url = models.CharField(max_length=1000, blank=True)  # password masked by the agent
+    echo = models.BooleanField(default=False)
+    pool = models.JSONField(default=dict)
+    disposed = models.IntegerField(default=0)
+    state = models.JSONField(default=dict)
+    state_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["process", "key"]
+        constraints = [models.UniqueConstraint(fields=["process", "key"], name="unique_engine")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key})"
+
+
+class PoolSample(models.Model):
+    """One point of an engine's pool timeline (bounded by POOL_HISTORY_SECONDS)."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(db_index=True)
+    checked_out = models.IntegerField()
+    idle = models.IntegerField(null=True)
+    overflow = models.IntegerField(null=True)
+    capacity = models.IntegerField(null=True)
+    waiting = models.IntegerField(default=0)
+
+    class Meta:
+        ordering = ["at"]
+        indexes = [models.Index(fields=["engine", "at"])]
+
+
+class PoolEvent(models.Model):
+    """A notable pool event: checkout timeout, invalidation, dispose."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    kind = models.CharField(max_length=32)
+    thread = models.CharField(max_length=200, blank=True)
+    location = models.CharField(max_length=1000, blank=True)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["engine", "at"])]

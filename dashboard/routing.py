@@ -1,0 +1,24 @@
+"""Websocket routes. The agent socket authenticates with a token; browser sockets
+with Django's session, behind an Origin check against ALLOWED_HOSTS."""
+
+from typing import Any
+
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import path
+
+from .consumers.agent import AgentConsumer
+from .consumers.live import EngineLive, OverviewLive
+
+
+def browser(app: Any) -> Any:
+    """A socket for logged-in browser pages: Origin must be one of ALLOWED_HOSTS."""
+    return AllowedHostsOriginValidator(AuthMiddlewareStack(app))
+
+
+websocket_routes = URLRouter([
+    path("ws/agent/", AgentConsumer.as_asgi()),
+    path("ws/live/overview/", browser(OverviewLive.as_asgi())),
+    path("ws/live/engine/<int:pk>/", browser(EngineLive.as_asgi())),
+])

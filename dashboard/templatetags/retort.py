@@ -1,0 +1,36 @@
+"""Formatting filters for durations, counts and drop reasons."""
+
+from __future__ import annotations
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def duration(seconds: float | None) -> str:
+    """A duration in the most readable unit: 850 µs, 12.5 ms, 3.20 s, 4 min 05 s."""
+    if seconds is None:
+        return "–"
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+@register.filter
+def drops_title(drops: dict | None) -> str:
+    """'queue_full: 3, disconnected: 12' (or 'nothing dropped')."""
+    if not drops:
+        return "nothing dropped"
+    return ", ".join(f"{reason}: {count}" for reason, count in sorted(drops.items()))
+
+
+@register.filter
+def words(identifier: str) -> str:
+    """'checkout_timeout' → 'checkout timeout'."""
+    return str(identifier).replace("_", " ")

@@ -1,0 +1,1 @@
+"""Pages. Every one requires a login (LoginRequiredMiddleware)."""
