@@ -78,7 +78,8 @@ class Agent:
         so that idle engines show up before their first checkout."""
         found = 0
         for obj in gc.get_objects():
-            if isinstance(obj, Engine):
+            # type(), not isinstance(): isinstance() on a dead weakproxy raises
+            if issubclass(type(obj), Engine):
                 try:
                     self.registry.engine_entry(obj)
                     found += 1

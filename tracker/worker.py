@@ -131,7 +131,8 @@ class Worker:
             self.pending_events.clear()  # local-only: nothing to ship events to
             return
         if not self.transport.connected:
-            if final or now < self._next_attempt:
+            # at exit, one last attempt even if a retry is not due yet: flush what we have
+            if now < self._next_attempt and not (final and self.connections == 0):
                 self._trim_pending()
                 return
             if not self._open():

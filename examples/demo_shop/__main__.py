@@ -16,6 +16,9 @@ import threading
 import time
 from datetime import datetime
 from types import FrameType
+from typing import Callable
+
+from sqlalchemy import Engine
 
 import tracker
 
@@ -65,13 +68,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def configure_output(verbose: bool) -> None:
+def configure_output(verbose: bool, on_broken_pipe: Callable[[], None]) -> None:
     """Compact log lines on stdout, the same stream as the status lines, so the two
     interleave in order; line buffering because we usually run under a pipe (the
     dashboard reads our output) where Python would otherwise buffer whole blocks."""
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler(on_broken_pipe)
     handler.setFormatter(logging.Formatter(
         "%(asctime)s.%(msecs)03d %(levelname)-5s %(threadName)-15s %(message)s",
         datefmt="%H:%M:%S"))
@@ -79,6 +82,34 @@ def configure_output(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("demo_shop").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdout handler that treats a closed pipe as "nobody is listening any more"
+    instead of printing a logging traceback for every following line."""
+
+    def __init__(self, on_broken_pipe: Callable[[], None]) -> None:
+        super().__init__(sys.stdout)
+        self._on_broken_pipe = on_broken_pipe
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            self._on_broken_pipe()
+        else:
+            super().handleError(record)
+
+
+def stdout_gone(stop: threading.Event) -> None:
+    """Whoever read our output (usually the dashboard) has gone: point stdout at
+    /dev/null so no later write fails (not even the interpreter's final flush), and
+    stop the demo, as a command-line tool would on SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    stop.set()
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -97,35 +128,48 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
 
 def print_status(shop: Shop) -> None:
-    """One line: timestamp, ``pool.status()`` verbatim, then the demo's own counters."""
+    """One line: timestamp, ``pool.status()`` verbatim, then the demo's own counters.
+    A closed stdout stops the demo (see :func:`stdout_gone`)."""
     stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
     counts = shop.stats.snapshot()
     summary = " ".join(f"{key}={counts.get(key, 0)}" for key in
                        ("requests", "orders", "reports", "timeouts", "errors"))
-    print(f"{stamp} [pool] {shop.engine.pool.status()} | {summary}", flush=True)
+    try:
+        print(f"{stamp} [pool] {shop.engine.pool.status()} | {summary}", flush=True)
+    except BrokenPipeError:
+        stdout_gone(shop.stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_output(args.verbose)
     stop = threading.Event()
+    configure_output(args.verbose, lambda: stdout_gone(stop))
     install_signal_handlers(stop)
 
     url = db.resolve_database_url(args.db)
     try:
         engine = db.make_engine(url)
-    except Exception as exc:  # bad URL, missing driver, in-memory SQLite
-        log.error("cannot create the engine for %s: %s", url, exc)
+    except Exception as exc:  # malformed URL, missing driver, in-memory SQLite
+        log.error("cannot create the engine: %s", exc)
         return 2
 
     # Attach the Retort agent. RETORT_URL / RETORT_TOKEN come from the environment (set
-    # by `manage.py demo`); without RETORT_URL the agent only collects locally.
-    agent = tracker.instrument(app=os.environ.get("RETORT_APP") or "demo-shop")
-    target = os.environ.get("RETORT_URL")
-    log.info("Retort agent %s", f"reporting to {target}" if agent and target
-             else "collecting locally only (RETORT_URL not set)" if agent
-             else "disabled")
+    # by `manage.py demo`); without RETORT_URL the agent only collects locally. Leaving
+    # the with-block uninstruments, which flushes the last frames (bounded by the
+    # agent's flush_timeout) — unless something else had instrumented first.
+    with tracker.instrument(app=os.environ.get("RETORT_APP") or "demo-shop") as agent:
+        target = os.environ.get("RETORT_URL")
+        log.info("Retort agent %s", f"reporting to {target}" if agent and target
+                 else "collecting locally only (RETORT_URL not set)" if agent
+                 else "disabled")
+        try:
+            return run_shop(engine, args, stop)
+        finally:
+            engine.dispose()
 
+
+def run_shop(engine: Engine, args: argparse.Namespace, stop: threading.Event) -> int:
+    """Prepare the database, run the traffic until stopped, report. Returns the exit code."""
     log.info("database %s (pool_size=%d max_overflow=%d pool_timeout=%.0fs)",
              engine.url.render_as_string(hide_password=True), db.POOL_SIZE,
              db.MAX_OVERFLOW, db.POOL_TIMEOUT)
@@ -133,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         db.create_schema(engine)
         db.seed(engine)
         catalogue = db.load_catalogue(engine)
-    except Exception as exc:
+    except Exception as exc:  # database down, wrong credentials, no permission…
         log.error("cannot prepare the database: %s", exc)
-        engine.dispose()
         return 2
     log.info("%d customers, %d products in %d categories", len(catalogue.customer_ids),
              len(catalogue.product_ids), len(catalogue.categories))
@@ -165,11 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if stuck:
         log.warning("threads still busy at exit: %s", ", ".join(stuck))
     print_status(shop)
-    engine.dispose()
-    tracker.uninstrument()  # flushes the last frames to the dashboard (bounded)
     log.info("stopped after %.1f s", time.monotonic() - started)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

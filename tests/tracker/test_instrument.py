@@ -1,0 +1,136 @@
+"""instrument() / uninstrument(): idempotent, symmetric, configurable, harmless."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import Pool
+
+import tracker
+from tracker.config import AgentConfig
+
+
+@pytest.fixture(autouse=True)
+def _detached():
+    assert not tracker.is_instrumented()
+    yield
+    tracker.uninstrument()
+
+
+def _listeners(agent):
+    return [
+        (Pool, "checkout", agent.pool_hooks._checkout_evt),
+        (Pool, "checkin", agent.pool_hooks._checkin_evt),
+        (Pool, "connect", agent.pool_hooks._connect_evt),
+        (Engine, "after_cursor_execute", agent.engine_hooks._after_cursor_execute_evt),
+        (Engine, "engine_connect", agent.engine_hooks._engine_connect_evt),
+    ]
+
+
+def test_instrument_is_idempotent():
+    first = tracker.instrument(run_worker=False, url=None, app="a")
+    count = len(first.agent.listeners)
+    second = tracker.instrument(run_worker=False, url=None, app="ignored")
+    assert second.agent is first.agent
+    assert len(first.agent.listeners) == count == 12
+    assert first.agent.config.app == "a"
+    tracker.uninstrument()
+    tracker.uninstrument()
+    assert not tracker.is_instrumented()
+
+
+def test_uninstrument_removes_every_listener_and_wrapper(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    handle = tracker.instrument(run_worker=False, url=None, app="a")
+    agent = handle.agent
+    with engine.connect():
+        pass
+    assert "connect" in engine.pool.__dict__
+    assert all(event.contains(*listener) for listener in _listeners(agent))
+    tracker.uninstrument()
+    assert not any(event.contains(*listener) for listener in _listeners(agent))
+    assert "connect" not in engine.pool.__dict__
+    assert len(agent.listeners) == 0
+    # nothing is recorded any more
+    with engine.connect() as conn:
+        conn.execute(sa.text("select 1"))
+    assert len(agent.recorder) == 0
+    # and nothing keeps the agent alive
+    ref = weakref.ref(agent)
+    del agent, handle
+    gc.collect()
+    assert ref() is None
+    engine.dispose()
+
+
+def test_context_manager_uninstruments_on_exit(tmp_path):
+    with tracker.instrument(run_worker=False, url=None, app="a") as handle:
+        assert tracker.is_instrumented()
+        assert tracker.current_agent() is handle.agent
+    assert not tracker.is_instrumented()
+
+
+def test_nested_context_manager_leaves_the_outer_agent():
+    outer = tracker.instrument(run_worker=False, url=None, app="a")
+    with tracker.instrument(run_worker=False, url=None) as inner:
+        assert inner.agent is outer.agent
+    assert tracker.is_instrumented()
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("RETORT_ENABLED", "false")
+    handle = tracker.instrument(run_worker=False)
+    assert not handle
+    assert not tracker.is_instrumented()
+
+
+def test_configuration_from_environment_and_keywords():
+    environ = {"RETORT_URL": "ws://h:1/ws/agent/", "RETORT_TOKEN": "rt_x",
+               "RETORT_APP": "shop", "RETORT_STATE_INTERVAL": "0.25",
+               "RETORT_CAPTURE_LOCATIONS": "off", "RETORT_QUEUE_SIZE": "10"}
+    config = AgentConfig.load({"app": "keyword wins"}, environ)
+    assert (config.url, config.token, config.app) == ("ws://h:1/ws/agent/", "rt_x",
+                                                      "keyword wins")
+    assert (config.state_interval, config.capture_locations, config.queue_size) == (
+        0.25, False, 10)
+    assert config.capture_parameters is False
+
+
+def test_bad_configuration_is_reported_clearly():
+    with pytest.raises(ValueError, match=r"RETORT_QUEUE_SIZE='lots' is not a valid int"):
+        AgentConfig.load({}, {"RETORT_QUEUE_SIZE": "lots"})
+    with pytest.raises(ValueError, match=r"RETORT_ENABLED='maybe' is not a valid bool"):
+        AgentConfig.load({}, {"RETORT_ENABLED": "maybe"})
+    with pytest.raises(TypeError, match="unknown agent setting.*: colour"):
+        tracker.instrument(colour="red")
+
+
+def test_an_agent_failure_never_reaches_the_application(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    handle = tracker.instrument(run_worker=False, url=None, app="a")
+
+    def broken(item):
+        raise RuntimeError("agent bug")
+
+    handle.agent.recorder.submit = broken  # every hook now fails inside the agent
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select 42")).scalar() == 42
+    assert handle.agent.recorder.errors >= 3  # checkout, statement, checkin
+    assert handle.agent.recorder.first_error.startswith("pool.")
+    engine.dispose()
+
+
+def test_capture_locations_off_records_no_stack(tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    handle = tracker.instrument(run_worker=False, url=None, app="a", capture_locations=False)
+    with engine.connect():
+        (state,) = [e for e in handle.agent.snapshot()["engines"]
+                    if e["id"] == handle.agent.registry.engines[id(engine)].id]
+    assert state["holders"][0]["location"] is None
+    assert state["holders"][0]["stack"] == []
+    engine.dispose()
