@@ -18,6 +18,9 @@ Agent → dashboard
 
 Dashboard → agent
     ``welcome`` the answer to hello.
+    ``error``   sent just before the dashboard closes the socket on a refusal, with the
+                close code and reason (some ASGI servers, daphne among them, do not
+                pass a close reason on to the client).
     ``control`` a runtime change requested by an operator (toggles, snapshots, traces);
                 the agent answers every one with ``ack``.
 """
@@ -184,6 +187,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
     "ack": {"id": str, "status": str, "reason?": str},
     "bye": {},
     "welcome": {"process": int, "interval": NUM},
+    "error": {"code": int, "reason": str},
     "control": {"id": str, "action": str, "args?": ANY},
 }
 

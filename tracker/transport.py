@@ -18,10 +18,13 @@ class TransportError(Exception):
     ``code``/``reason`` carry the close code and reason the dashboard sent, if any.
     """
 
-    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+    def __init__(self, message: str, code: int | None = None, reason: str = "",
+                 pending: list[bytes | str] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
+        #: messages received just before the close (they may explain it)
+        self.pending = pending or []
 
 
 class Transport:
@@ -76,7 +79,7 @@ class Transport:
         try:
             ws.send(frame)
         except ConnectionClosed as exc:
-            self._closed(exc)
+            self._closed(exc, self._leftovers(ws))
 
     def receive(self) -> list[bytes | str]:
         """Every message already waiting, without blocking."""
@@ -88,7 +91,7 @@ class Transport:
         except TimeoutError:
             return messages
         except ConnectionClosed as exc:
-            self._closed(exc)
+            self._closed(exc, messages)
         return messages  # unreachable: _closed raises
 
     def close(self) -> None:
@@ -109,11 +112,20 @@ class Transport:
             raise TransportError("not connected")
         return self._ws
 
-    def _closed(self, exc: ConnectionClosed) -> None:
+    @staticmethod
+    def _leftovers(ws: ClientConnection) -> list[bytes | str]:
+        messages: list[Any] = []
+        try:
+            while True:
+                messages.append(ws.recv(timeout=0))
+        except Exception:
+            return messages
+
+    def _closed(self, exc: ConnectionClosed, pending: list[bytes | str]) -> None:
         self._ws = None
         self.failures += 1
         rcvd = exc.rcvd
         code = rcvd.code if rcvd is not None else None
         reason = rcvd.reason if rcvd is not None else ""
         raise TransportError(f"dashboard closed the connection ({code}: {reason})",
-                             code, reason) from None
+                             code, reason, pending) from None

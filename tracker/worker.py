@@ -57,7 +57,9 @@ class Worker:
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "welcome": self._on_welcome,
             "control": self._on_control,
+            "error": self._on_error,
         }
+        self._dashboard_error: str | None = None
         self._dispatch: dict[str, Callable[..., None]] = {
             pool_hooks.CONNECT: self._count("connects"),
             pool_hooks.CHECKOUT: self._count("checkouts"),
@@ -275,7 +277,7 @@ class Worker:
         if exc.code is not None and exc.code >= 4000:
             # refused by the dashboard (bad token, bad frame): retrying fast is useless
             delay = self.config.backoff_max
-            message = f"dashboard refused the agent: {exc.reason or exc.code}"
+            message = f"dashboard refused the agent: {self._refusal_reason(exc)}"
             if exc.code != protocol.CLOSE_UNAUTHORIZED:
                 self.recorder.count_drop(protocol.DROP_REFUSED)
         else:
@@ -285,16 +287,29 @@ class Worker:
             log.warning("retort agent: %s (retrying in %.1fs)", message, delay)
             self._last_refusal = message
 
+    def _refusal_reason(self, exc: TransportError) -> str:
+        reason, self._dashboard_error = self._dashboard_error, None
+        for raw in exc.pending:
+            try:
+                message = protocol.decode(raw, allowed=frozenset({"error"}))
+            except protocol.ProtocolError:
+                continue
+            return message["reason"]
+        return reason or exc.reason or f"close code {exc.code}"
+
     # -- control messages ------------------------------------------------------------
 
     def _on_message(self, raw: bytes | str) -> None:
         try:
-            message = protocol.decode(raw, allowed=frozenset({"welcome", "control"}))
+            message = protocol.decode(raw, allowed=frozenset(self._handlers))
         except protocol.ProtocolError as exc:
             if self.recorder.count_error("worker.message", exc):
                 log.warning("retort agent: ignored a message from the dashboard: %s", exc)
             return
         self._handlers[message["t"]](message)
+
+    def _on_error(self, message: dict[str, Any]) -> None:
+        self._dashboard_error = message["reason"]  # the close follows: see _lost()
 
     def _on_welcome(self, message: dict[str, Any]) -> None:
         self.agent.dashboard_process_id = message["process"]

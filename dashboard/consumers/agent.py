@@ -66,6 +66,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def refuse(self, code: int, reason: str) -> None:
         log.warning("agent refused (%s): %s [%s]", code, reason, self.scope.get("client"))
         self.token = None
+        # daphne drops close reasons: say it in a frame first, then close with the code
+        await self.send(bytes_data=protocol.encode(
+            {"t": "error", "code": code, "reason": reason[:1000]}))
         await self.close(code=code, reason=_reason(reason))
 
     async def receive(self, text_data: str | None = None,

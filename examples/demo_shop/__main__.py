@@ -2,7 +2,7 @@
 
 Prints ``engine.pool.status()`` every 5 seconds (to compare with the dashboard), stops
 cleanly and exits 0 on Ctrl-C / SIGTERM or after ``--duration`` seconds. A second
-Ctrl-C exits at once.
+Ctrl-C exits at once (status 1).
 """
 
 from __future__ import annotations
@@ -113,12 +113,18 @@ def stdout_gone(stop: threading.Event) -> None:
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
-    """Ctrl-C and SIGTERM set the stop flag (the main loop then shuts down); a second
-    one while stopping exits immediately."""
+    """Ctrl-C and SIGTERM set the stop flag (the main loop then shuts down cleanly).
+
+    A second Ctrl-C while stopping exits at once; a SIGTERM while stopping is ignored,
+    because ``manage.py demo`` sends one right after the Ctrl-C that reached the whole
+    terminal's process group, and that must not turn a clean stop into an abrupt one.
+    """
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
-            os._exit(1)
+            if signum == signal.SIGINT:
+                os._exit(1)
+            return
         log.info("%s received, stopping", signal.Signals(signum).name)
         stop.set()
 

@@ -226,14 +226,14 @@ def nightly_report(shop: Shop, rng: random.Random) -> None:
             .order_by(func.sum(Order.total_cents).desc())
             .limit(1)
         ).first()
-        shop.pause(hold)  # "rendering the PDF", connection still checked out
+        cut_short = shop.pause(hold)  # "rendering the PDF", connection still checked out
         session.commit()
     held = time.perf_counter() - started
     revenue = sum(row.revenue or 0 for row in by_category) / 100
     shop.stats.bump("reports")
     log.info("nightly report: %d categories, %.2f revenue in 24 h, best customer %s; "
-             "held a connection %.1f s", len(by_category), revenue,
-             best.name if best else "-", held)
+             "held a connection %.1f s%s", len(by_category), revenue,
+             best.name if best else "-", held, " (cut short by shutdown)" if cut_short else "")
 
 
 def purge_old_orders(shop: Shop, rng: random.Random) -> None:
