@@ -38,7 +38,9 @@ class LocationFinder:
 
     def _classify(self, code: CodeType) -> bool:
         filename = code.co_filename
-        if filename.startswith("<frozen") or filename.startswith("<string"):
+        # "<frozen ...>", "<string>", and SQLAlchemy's generated wrappers
+        # ("<sqlalchemy generated _go() wrapper ...>") are never the application's
+        if filename.startswith("<"):
             return False
         return not filename.startswith(self._skip_dirs)
 

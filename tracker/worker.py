@@ -71,7 +71,7 @@ class Worker:
             pool_hooks.WAIT: self._on_wait,
             pool_hooks.TIMEOUT: self._on_timeout,
             engine_hooks.STATEMENT: self._on_statement,
-            engine_hooks.STATEMENT_ERROR: self._count("statement_errors"),
+            engine_hooks.STATEMENT_ERROR: self._on_statement_error,
             engine_hooks.DISPOSE: self._on_dispose,
         }
 
@@ -197,6 +197,9 @@ class Worker:
         stats = self.stats_for(entry)
         stats.counters["statements"] += 1
         stats.statement_time += seconds
+
+    def _on_statement_error(self, entry: "EngineEntry") -> None:
+        self.stats_for(entry).counters["statement_errors"] += 1
 
     def _on_dispose(self, entry: "EngineEntry") -> None:
         entry.disposed += 1

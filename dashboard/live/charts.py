@@ -36,7 +36,9 @@ def pool_timeline(samples: Iterable, *, start: datetime, end: datetime,
     parts = [f'<svg class="timeline" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
              f'aria-label="pool usage over the last {int(span)} seconds">',
              f'<line class="axis" x1="{PAD}" y1="{base:.1f}" x2="{WIDTH - PAD}" y2="{base:.1f}"/>']
-    for label, value in (("size", size), ("capacity", capacity)):
+    limits = [("capacity", capacity)] if capacity == size else [("size", size),
+                                                                 ("capacity", capacity)]
+    for label, value in limits:
         if value:
             parts.append(
                 f'<line class="limit {label}" x1="{PAD}" y1="{y(value):.1f}" '

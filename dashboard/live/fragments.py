@@ -71,7 +71,11 @@ def engine_context(engine: Engine) -> dict[str, Any]:
     holders.sort(key=lambda h: -h["age"])
     window = conf.get("TIMELINE_SECONDS")
     start = now - timedelta(seconds=window)
-    samples = PoolSample.objects.filter(engine=engine, at__gte=start).order_by("at")
+    samples = list(PoolSample.objects.filter(engine=engine, at__gte=start).order_by("at"))
+    if samples:
+        # a young engine: zoom in on its history (at least a minute) instead of
+        # drawing a sliver at the right edge
+        start = max(start, min(samples[0].at, now - timedelta(seconds=60)))
     return {
         "engine": engine,
         "process": engine.process,
@@ -83,7 +87,7 @@ def engine_context(engine: Engine) -> dict[str, Any]:
         "hold": distribution(state.get("hold")),
         "timeline": pool_timeline(samples, start=start, end=now,
                                   size=gauges.get("size"), capacity=gauges.get("capacity")),
-        "timeline_seconds": window,
+        "timeline_seconds": (now - start).total_seconds(),
         "events": engine.events.all()[:20],
         "state_age": lag if engine.state_at else None,
     }

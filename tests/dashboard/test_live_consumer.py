@@ -28,7 +28,7 @@ ORIGIN = (b"origin", b"http://127.0.0.1")
 @pytest.fixture
 def session_cookie(django_user_model):
     """A logged-in user's session cookie header."""
-    user = django_user_model.objects.create_user("alice", password="correct-horse-42")
+    user = django_user_model.objects.create_user("alice")  # no password: no slow hashing
     client = Client()
     client.force_login(user)
     return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())

@@ -217,3 +217,26 @@ def test_password_is_masked(agent):
     assert (info["pool"]["size"], info["pool"]["max_overflow"], info["pool"]["timeout"]) == (
         5, 10, 30.0)
     assert info["name"] == "postgresql@db.example/shop"
+
+
+def test_statement_errors_are_counted(agent, tmp_path):
+    engine = _engine("sqlite", tmp_path)
+    with engine.connect() as conn:
+        conn.execute(sa.text("select 1"))
+        with pytest.raises(sa.exc.OperationalError):
+            conn.execute(sa.text("select * from no_such_table"))
+    counters = _state(agent, engine)["counters"]
+    assert (counters["statements"], counters["statement_errors"]) == (1, 1)
+    assert agent.recorder.errors == 0
+
+
+def test_orm_session_location_skips_generated_code(agent, tmp_path):
+    from sqlalchemy.orm import Session
+
+    engine = _engine("sqlite", tmp_path)
+    with Session(engine) as session:
+        session.execute(sa.text("select 1"))
+        holder = _state(agent, engine)["holders"][0]
+    assert holder["location"].startswith(f"{HERE}:")
+    assert holder["location"].endswith(" in test_orm_session_location_skips_generated_code")
+    assert not any(frame.startswith("<") for frame in holder["stack"])
