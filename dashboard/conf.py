@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "LIVE_UPDATES_PER_SECOND": 4.0,
     # seconds shown in the engine page's pool timeline
     "TIMELINE_SECONDS": 5 * 60,
+    # disconnected processes listed on the overview for this long after last seen
+    "RECENT_PROCESS_SECONDS": 60 * 60,
     # discrete pool events (timeouts, invalidations) kept per engine
     "EVENTS_PER_ENGINE": 200,
 }

@@ -43,8 +43,9 @@ def pool_timeline(samples: Iterable, *, start: datetime, end: datetime,
             parts.append(
                 f'<line class="limit {label}" x1="{PAD}" y1="{y(value):.1f}" '
                 f'x2="{WIDTH - PAD}" y2="{y(value):.1f}"/>'
-                f'<text class="limit-label" x="{WIDTH - PAD - 70}" y="{y(value) - 3:.1f}">'
-                f'{label} {int(value)}</text>')
+                # size labelled at the left, capacity at the right: never on each other
+                f'<text class="limit-label" x="{PAD + 4 if label == "size" else WIDTH - PAD - 70}"'
+                f' y="{y(value) - 3:.1f}">{label} {int(value)}</text>')
     if rows:
         out = [(x(r.at), y(r.checked_out)) for r in rows]
         used = [(x(r.at), y(r.checked_out + (r.idle or 0))) for r in rows]

@@ -12,12 +12,20 @@ from django.utils import timezone
 from tracker.protocol import HIST_BOUNDS
 
 from .. import conf
-from ..models import App, Engine, PoolSample
+from django.db.models import Count, Prefetch, Q
+
+from ..models import App, Engine, PoolSample, Process
 from .charts import pool_timeline
 
 
 def overview_context() -> dict[str, Any]:
-    apps = App.objects.prefetch_related("processes__engines").all()
+    """Apps with their processes: every connected one, and those seen within
+    RECENT_PROCESS_SECONDS; older ones are counted, not listed."""
+    since = timezone.now() - timedelta(seconds=conf.get("RECENT_PROCESS_SECONDS"))
+    recent = Process.objects.filter(Q(connected=True) | Q(last_seen__gte=since))
+    apps = App.objects.prefetch_related(
+        Prefetch("processes", queryset=recent.prefetch_related("engines"), to_attr="recent"),
+    ).annotate(process_count=Count("processes"))
     return {"apps": apps}
 
 
@@ -40,7 +48,8 @@ def percentile(hist: dict[str, Any] | None, q: float) -> float | None:
     for index, count in enumerate(buckets):
         running += count
         if running >= rank:
-            return HIST_BOUNDS[index] if index < len(HIST_BOUNDS) else hist["max"]
+            # a bucket's upper bound, but never above the largest value actually seen
+            return min(HIST_BOUNDS[index], hist["max"]) if index < len(HIST_BOUNDS) else hist["max"]
     return hist["max"]
 
 
