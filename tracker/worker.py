@@ -249,12 +249,23 @@ class Worker:
             batch = []
             while self.pending_events and len(batch) < protocol.MAX_EVENTS_PER_FRAME:
                 batch.append(self.pending_events.popleft())
-            try:
-                frame = protocol.encode({"t": "events", "events": batch})
-            except TypeError:
-                self.recorder.count_drop(protocol.DROP_ENCODE_ERROR, len(batch))
-                continue
-            self.transport.send(frame)
+            self._send_batch(batch)
+
+    def _send_batch(self, batch: list[list[Any]]) -> None:
+        try:
+            frame = protocol.encode({"t": "events", "events": batch})
+        except TypeError:
+            self.recorder.count_drop(protocol.DROP_ENCODE_ERROR, len(batch))
+            return
+        if len(frame) > protocol.MAX_FRAME_BYTES:
+            if len(batch) == 1:  # one event larger than a frame: it can never be sent
+                self.recorder.count_drop(protocol.DROP_OVERSIZE)
+                return
+            half = len(batch) // 2
+            self._send_batch(batch[:half])
+            self._send_batch(batch[half:])
+            return
+        self.transport.send(frame)
 
     def _open(self) -> bool:
         assert self.transport is not None

@@ -37,9 +37,27 @@ def samples_of(engine_pk: int) -> list[dict]:
         "checked_out", "idle", "overflow", "capacity", "waiting"))
 
 
-async def expect_close(communicator, code: int, reason: str) -> None:
+def close_reason(reason: str) -> str:
+    """A reason as it fits in a close frame (at most 123 bytes; the dashboard cuts
+    at 120)."""
+    return reason.encode()[:120].decode(errors="ignore")
+
+
+async def refusal(communicator) -> tuple[int, str]:
+    """A refusal: an ``error`` frame with the code and the whole reason (daphne does
+    not pass close reasons on), then the close with the same code and reason."""
+    reply = await communicator.receive_from()
+    assert isinstance(reply, bytes)
+    error = protocol.decode(reply, allowed=frozenset({"error"}))
+    assert set(error) == {"v", "t", "code", "reason"}
     assert await communicator.receive_output() == {
-        "type": "websocket.close", "code": code, "reason": reason}
+        "type": "websocket.close", "code": error["code"],
+        "reason": close_reason(error["reason"])}
+    return error["code"], error["reason"]
+
+
+async def expect_close(communicator, code: int, reason: str) -> None:
+    assert await refusal(communicator) == (code, reason)
 
 
 def test_builders_produce_valid_frames():
@@ -377,16 +395,15 @@ async def refused_as_first_frame(stored, data: bytes, code: int) -> str:
     before = await arows()
     communicator = await open_agent(stored.raw)
     await communicator.send_to(bytes_data=data)
-    closed = await communicator.receive_output()
-    assert closed["type"] == "websocket.close"
-    assert closed["code"] == code
+    refused_code, reason = await refusal(communicator)
+    assert refused_code == code
     # refused: a following valid hello is ignored
     await communicator.send_to(bytes_data=frame(hello_msg()))
     assert await communicator.receive_nothing() is True
     await communicator.disconnect()
     assert await arows() == before
     assert await acounts() == {"processes": 1, "engines": 1, "samples": 1, "events": 1}
-    return closed["reason"]
+    return reason
 
 
 async def test_malformed_json_is_refused_4000(stored):
@@ -526,9 +543,19 @@ async def test_long_reason_is_cut_to_fit_a_close_frame(shop):
     communicator = await open_agent(shop.raw)
     app = "b" * 200
     await communicator.send_to(bytes_data=frame(hello_msg(app)))
-    closed = await communicator.receive_output()
-    assert closed["code"] == 4001
-    assert closed["reason"] == f"this token belongs to app 'shop', not '{app}'"[:120]
+    reason = f"this token belongs to app 'shop', not '{app}'"
+    assert await refusal(communicator) == (4001, reason)  # whole in the error frame
+    assert close_reason(reason) == reason[:120]            # cut in the close frame
+    await communicator.disconnect()
+
+
+async def test_reason_in_the_error_frame_is_cut_at_1000_characters(shop):
+    communicator = await open_agent(shop.raw)
+    app = "b" * 2000
+    await communicator.send_to(bytes_data=frame(hello_msg(app)))
+    code, reason = await refusal(communicator)
+    assert code == 4001
+    assert reason == f"this token belongs to app 'shop', not '{app}'"[:1000]
     await communicator.disconnect()
 
 
@@ -542,9 +569,7 @@ async def test_event_with_non_numeric_waited_is_refused_4000(shop):
     await say_hello(communicator)
     await communicator.send_to(bytes_data=frame(events_msg(
         checkout_timeout(waited="slow"))))
-    closed = await communicator.receive_output()
-    assert closed["type"] == "websocket.close"
-    assert closed["code"] == 4000
+    assert (await refusal(communicator))[0] == 4000
     await communicator.disconnect()
     assert await acounts() == {"processes": 1, "engines": 1, "samples": 0, "events": 0}
     assert (await get_process()).connected is False
@@ -556,9 +581,7 @@ async def test_event_with_non_numeric_waited_is_refused_4000(shop):
 async def test_hello_with_out_of_range_started_is_refused_4000(shop):
     communicator = await open_agent(shop.raw)
     await communicator.send_to(bytes_data=frame(hello_msg(started=1e20)))
-    closed = await communicator.receive_output()
-    assert closed["type"] == "websocket.close"
-    assert closed["code"] == 4000
+    assert (await refusal(communicator))[0] == 4000
     await communicator.disconnect()
     assert await acounts() == {"processes": 0, "engines": 0, "samples": 0, "events": 0}
 
@@ -570,8 +593,6 @@ async def test_event_with_out_of_range_ts_is_refused_4000(shop):
     communicator = await open_agent(shop.raw)
     await say_hello(communicator)
     await communicator.send_to(bytes_data=frame(events_msg(checkout_timeout(ts=1e20))))
-    closed = await communicator.receive_output()
-    assert closed["type"] == "websocket.close"
-    assert closed["code"] == 4000
+    assert (await refusal(communicator))[0] == 4000
     await communicator.disconnect()
     assert await acounts() == {"processes": 1, "engines": 1, "samples": 0, "events": 0}
