@@ -205,11 +205,35 @@ class AgentErrors:
             self.first = self.first or agent.recorder.first_error
 
 
+#: ``Engine._has_events`` as it was before the agent ever ran (read at import).
+_ENGINE_HAS_EVENTS: bool = Engine._has_events
+#: Set when ``uninstrument()`` was seen to leave ``Engine._has_events`` switched on.
+leftover_engine_flag = False
+
+
+def restore_engine_flag() -> None:
+    """Make 'off' the state of a process the agent never touched.
+
+    Adding a listener to the ``Engine`` class sets ``Engine._has_events = True``;
+    removing it does not reset the flag, so after ``uninstrument()`` every Connection
+    still runs SQLAlchemy's event dispatch (a joined dispatcher per connection, a call
+    per event point) with nobody listening. That leftover costs a large part of the
+    agent's overhead, so leaving it would make 'off' slower than a process that never
+    ran the agent and understate the ratio. The bench itself adds no Engine-class
+    listener, so the original value is restored here.
+    """
+    global leftover_engine_flag
+    if Engine._has_events != _ENGINE_HAS_EVENTS:
+        leftover_engine_flag = True
+        Engine._has_events = _ENGINE_HAS_EVENTS
+
+
 def set_agent(on: bool, errors: AgentErrors) -> None:
     """Off: uninstrument. On: a fresh agent (worker running, no dashboard), so that
     every 'on' run starts from the same state."""
     errors.collect()
     tracker.uninstrument()
+    restore_engine_flag()
     if on:
         tracker.instrument(url=None)
         if not tracker.is_instrumented():
@@ -309,6 +333,7 @@ def to_json(results: list[Result], args: argparse.Namespace, overall: float,
         "passed": passed,
         "elapsed_s": elapsed,
         "agent_errors": errors.count,
+        "engine_flag_left_on_by_uninstrument": leftover_engine_flag,
         "environment": {
             "python": platform.python_version(),
             "sqlalchemy": sqlalchemy.__version__,
@@ -371,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(results, args.ops))
     print()
+    if leftover_engine_flag:
+        print("note: uninstrument() left Engine._has_events=True (SQLAlchemy's event "
+              "dispatch stays on); the bench reset it so that 'off' is a clean baseline")
     if errors.count:
         print(f"warning: the agent counted {errors.count} internal error(s); first: {errors.first}")
     print(f"elapsed: {elapsed:.1f} s")

@@ -15,6 +15,11 @@ class AgentTokenInline(admin.TabularInline):
     fields = ("name", "prefix", "created_at", "last_used_at", "revoked_at")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     can_delete = True
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        # a token must be issued (so that it is shown once): use Agent tokens → Add
+        return False
 
 
 @admin.register(App)
@@ -38,6 +43,8 @@ class AgentTokenAdmin(admin.ModelAdmin):
             super().save_model(request, obj, form, change)
             return
         token, raw = AgentToken.issue(obj.app, obj.name, request.user)
+        if obj.revoked_at is not None:
+            AgentToken.objects.filter(pk=token.pk).update(revoked_at=obj.revoked_at)
         obj.pk = token.pk
         obj.prefix, obj.digest = token.prefix, token.digest
         messages.warning(request, f"Agent token for {obj.app}: {raw} — copy it now, "

@@ -162,7 +162,9 @@ class StateIngest:
         return sorted(touched)
 
 
-def mark_disconnected(process_id: int) -> None:
+def mark_disconnected(process_id: int) -> list[int]:
+    """Mark the process disconnected; returns the pks of its engines."""
     now = timezone.now()
     Process.objects.filter(pk=process_id).update(connected=False, disconnected_at=now,
                                                  last_seen=now)
+    return list(Engine.objects.filter(process_id=process_id).values_list("pk", flat=True))

@@ -71,7 +71,8 @@ class AgentToken(models.Model):
         token = (cls.objects.select_related("app")
                  .filter(digest=token_digest(raw), revoked_at__isnull=True).first())
         if token is not None:
-            cls.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+            token.last_used_at = timezone.now()
+            cls.objects.filter(pk=token.pk).update(last_used_at=token.last_used_at)
         return token
 
 

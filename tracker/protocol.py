@@ -94,6 +94,16 @@ class ProtocolError(Exception):
 ANY = object()
 NUM = (int, float)
 
+
+class _Timestamp:
+    """Seconds since the epoch, within what a datetime can hold (1970 – 2106)."""
+
+    low, high = 0.0, 2.0 ** 32
+
+
+#: a wall-clock timestamp field
+TS = _Timestamp()
+
 ENGINE_INFO: dict[str, Any] = {
     "id": str,
     "name": str,
@@ -111,12 +121,12 @@ ENGINE_INFO: dict[str, Any] = {
         "use_lifo?": bool,
         "reset_on_return?": str,
     },
-    "created?": NUM,
+    "created?": TS,
     "disposed?": int,
 }
 
 HOLDER: dict[str, Any] = {
-    "since": NUM,
+    "since": TS,
     "thread": str,
     "thread_id": int,
     "location?": str,
@@ -156,7 +166,7 @@ PROCESS_INFO: dict[str, Any] = {
     "host": str,
     "pid": int,
     "ppid?": int,
-    "started": NUM,
+    "started": TS,
     "argv": [str],
     "python": str,
     "sqlalchemy": str,
@@ -173,7 +183,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
     },
     "engine": {"engine": ENGINE_INFO},
     "state": {
-        "ts": NUM,
+        "ts": TS,
         "engines": [ENGINE_STATE],
         "agent": {
             "queue": int,
@@ -194,12 +204,13 @@ MESSAGES: dict[str, dict[str, Any]] = {
 #: Messages the dashboard accepts from an agent.
 AGENT_MESSAGES = frozenset({"hello", "engine", "state", "events", "ack", "bye"})
 
-#: Discrete events in ``events`` frames: ``[kind, ts, engine_id, *fields]``.
-EVENTS: dict[str, tuple[str, ...]] = {
+#: Discrete events in ``events`` frames: ``[kind, ts, engine_id, *fields]``, each
+#: field with its type.
+EVENTS: dict[str, tuple[tuple[str, Any], ...]] = {
     # a checkout gave up after the pool's timeout ("QueuePool limit ... reached")
-    "checkout_timeout": ("thread", "location", "waited"),
+    "checkout_timeout": (("thread", str), ("location", str), ("waited", NUM)),
     # a pooled connection was invalidated (e.g. "server has gone away")
-    "invalidate": ("thread", "location", "error"),
+    "invalidate": (("thread", str), ("location", str), ("error", str)),
     # the engine's pool was replaced by engine.dispose()
     "dispose": (),
 }
@@ -275,6 +286,11 @@ def _check(value: Any, spec: Any, path: str) -> None:
         for index, item in enumerate(value):
             _check(item, spec[0], f"{path}[{index}]")
         return
+    if spec is TS:
+        if (isinstance(value, bool) or not isinstance(value, NUM)
+                or not TS.low <= value < TS.high):
+            raise ProtocolError(CLOSE_MALFORMED, f"{path}: expected a timestamp (epoch seconds)")
+        return
     # bool is a subclass of int: never accept one for the other
     if isinstance(value, bool) != (spec is bool) or not isinstance(value, spec):
         names = spec.__name__ if isinstance(spec, type) else "number"
@@ -301,13 +317,14 @@ def _check_events(events: list) -> None:
                 CLOSE_MALFORMED,
                 f"events[{index}]: {event[0]} takes {3 + len(fields)} items, got {len(event)}",
             )
-        if isinstance(event[1], bool) or not isinstance(event[1], NUM):
-            raise ProtocolError(CLOSE_MALFORMED, f"events[{index}]: ts must be a number")
-        if not isinstance(event[2], str):
-            raise ProtocolError(CLOSE_MALFORMED, f"events[{index}]: engine must be a string")
+        _check(event[1], TS, f"events[{index}].ts")
+        _check(event[2], str, f"events[{index}].engine")
+        for (name, spec), value in zip(fields, event[3:]):
+            _check(value, spec, f"events[{index}].{name}")
 
 
 def event_dict(event: list) -> dict[str, Any]:
     """Name the items of a validated event array: ``{"kind", "ts", "engine", ...}``."""
     kind, ts, engine, *rest = event
-    return {"kind": kind, "ts": ts, "engine": engine, **dict(zip(EVENTS[kind], rest))}
+    names = [name for name, _ in EVENTS[kind]]
+    return {"kind": kind, "ts": ts, "engine": engine, **dict(zip(names, rest))}

@@ -88,7 +88,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.process_id is not None and kind == "hello":
             await self.refuse(protocol.CLOSE_PROTOCOL_ORDER, "second hello on one connection")
             return
-        await getattr(self, f"on_{kind}")(message)
+        try:
+            await getattr(self, f"on_{kind}")(message)
+        except (ValueError, TypeError, OverflowError, KeyError) as exc:
+            # valid by the protocol but not storable: each frame is stored in one
+            # transaction, so nothing of it was kept
+            log.exception("could not store a %s frame from process %s", kind, self.process_id)
+            await self.refuse(protocol.CLOSE_MALFORMED,
+                              f"{kind} frame could not be stored: {type(exc).__name__}")
 
     async def on_hello(self, message: dict[str, Any]) -> None:
         if message["app"] != self.token.app.name:
@@ -131,8 +138,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.process_id is not None:
             process_id, self.process_id = self.process_id, None
             self.token = None
-            await database_sync_to_async(ingest.mark_disconnected)(process_id)
-            await self.notify(groups.OVERVIEW)
+            engine_pks = await database_sync_to_async(ingest.mark_disconnected)(process_id)
+            # open engine pages show their process's status too
+            await self.notify(groups.OVERVIEW, *(groups.engine(pk) for pk in engine_pks))
 
     async def notify(self, *names: str) -> None:
         for name in names:

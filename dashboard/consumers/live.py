@@ -35,17 +35,23 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        await self.accept()
         if user is None or not user.is_authenticated:
-            await self.close(code=protocol.CLOSE_LOGIN_REQUIRED, reason="login required")
+            await self.refuse(protocol.CLOSE_LOGIN_REQUIRED, "login required")
             return
         if not await database_sync_to_async(self.resolve)():
-            await self.close(code=4404, reason="not found")
+            await self.refuse(4404, "not found")
             return
         self._dirty = False
         self._last_flush = 0.0
+        # join before accepting: a notice sent while the page connects is not lost
         await self.channel_layer.group_add(self.group, self.channel_name)
         self.joined = True
+        await self.accept()
+
+    async def refuse(self, code: int, reason: str) -> None:
+        # accept first so that the browser sees the close code, not a failed handshake
+        await self.accept()
+        await self.close(code=code, reason=reason)
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "joined", False):

@@ -26,7 +26,7 @@ def overview_context() -> dict[str, Any]:
     apps = App.objects.prefetch_related(
         Prefetch("processes", queryset=recent.prefetch_related("engines"), to_attr="recent"),
     ).annotate(process_count=Count("processes"))
-    return {"apps": apps}
+    return {"apps": apps, "recent_seconds": conf.get("RECENT_PROCESS_SECONDS")}
 
 
 def overview(*, oob: bool) -> str:

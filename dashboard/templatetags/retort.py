@@ -10,16 +10,19 @@ register = template.Library()
 @register.filter
 def duration(seconds: float | None) -> str:
     """A duration in the most readable unit: 850 µs, 12.5 ms, 3.20 s, 4 min 05 s."""
-    if seconds is None:
-        return "–"
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return "–"  # not measured yet (no state received), or absent
     if seconds < 0.001:
         return f"{seconds * 1e6:.0f} µs"
     if seconds < 1:
         return f"{seconds * 1e3:.1f} ms"
     if seconds < 120:
         return f"{seconds:.2f} s"
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
+    if seconds < 3600:
+        minutes, rest = divmod(int(seconds), 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min"
 
 
 @register.filter

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from dashboard import ingest
-from dashboard.models import AgentToken, App, Engine
+from dashboard.models import AgentToken, App, Engine, Process
 from tracker import protocol
 
-from .conftest import HOLDER_LOCATION, HOST, MASKED_URL, PID, frame, hello_msg
+from .conftest import HOLDER_LOCATION, HOST, MASKED_URL, PID, frame, hello_msg, state_msg
 
 pytestmark = pytest.mark.django_db
 
@@ -59,21 +61,66 @@ def test_login_with_password_lands_on_the_overview(client, django_user_model, st
 
 # -- overview -----------------------------------------------------------------------
 
-def test_overview_lists_apps_processes_and_engine_links(logged_in, stored):
+@pytest.fixture
+def connected(shop):
+    """A connected process of "shop" whose engine "e1" reported 3 connections out."""
+    process = ingest.register_process(shop.token, protocol.decode(frame(hello_msg())))
+    ingest.StateIngest(process.pk).store(protocol.decode(frame(state_msg())))
+    return Engine.objects.get(process=process)
+
+
+def test_overview_lists_apps_processes_and_engine_links(logged_in, connected):
     App.objects.create(name="billing")
     response = logged_in.get("/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "<h2>shop</h2>" in html
     assert "<h2>billing</h2>" in html
-    assert f"{HOST}:{PID}" in html
-    assert (f'<a class="engine-link" href="/engines/{stored.engine.pk}/">'
+    assert f"<td>{HOST}:{PID}<div" in html
+    assert (f'<a class="engine-link" href="/engines/{connected.pk}/">'
             f"postgresql/shop</a>") in html
-    assert '<span class="badge disconnected">disconnected</span>' in html
-    assert "QueuePool · 3 out / 15 · <span class=\"warn\">1 waiting</span>" in html
+    assert '<span class="badge connected">connected</span>' in html
+    assert ('<span class="muted small">QueuePool · 3 out / 15 · '
+            '<span class="warn">1 waiting</span></span>') in html
+    assert '<td class="num warn" title="disconnected: 5, queue_full: 2">7</td>' in html
     # the app with no process yet explains how to connect one
-    assert "RETORT_APP=billing" in html
+    assert "<code>RETORT_APP=billing</code>" in html
+    assert "<code>RETORT_APP=shop</code>" not in html
     assert 'ws-connect="/ws/live/overview/"' in html
+
+
+def test_overview_shows_no_gauges_for_a_disconnected_process(logged_in, stored):
+    html = logged_in.get("/").content.decode()
+    assert f"<td>{HOST}:{PID}<div" in html
+    assert '<span class="badge disconnected">disconnected</span>' in html
+    assert '<span class="muted small">QueuePool</span>' in html
+    assert "3 out" not in html
+
+
+def test_overview_lists_only_recent_processes(logged_in, stored, settings):
+    settings.RETORT = {"RECENT_PROCESS_SECONDS": 60}
+    Process.objects.filter(pk=stored.process.pk).update(
+        last_seen=timezone.now() - timedelta(seconds=120))
+    ingest.register_process(stored.token, protocol.decode(frame(hello_msg(pid=5151))))
+    html = logged_in.get("/").content.decode()
+    assert f"<td>{HOST}:5151<div" in html
+    assert f"<td>{HOST}:{PID}<div" not in html
+    assert "2 processes in all; those disconnected more than" in html
+
+
+def test_overview_lists_old_processes_that_are_still_connected(logged_in, connected):
+    Process.objects.update(last_seen=timezone.now() - timedelta(days=2))
+    html = logged_in.get("/").content.decode()
+    assert f"<td>{HOST}:{PID}<div" in html
+    assert '<span class="badge stale">stale</span>' in html
+
+
+def test_overview_of_an_app_whose_processes_are_all_old(logged_in, stored):
+    Process.objects.update(last_seen=timezone.now() - timedelta(hours=2))
+    html = logged_in.get("/").content.decode()
+    assert f"<td>{HOST}:{PID}<div" not in html
+    assert "No process has connected yet" not in html
+    assert "1 process in all, not listed" in html
 
 
 def test_overview_without_apps_explains_how_to_start(logged_in):
@@ -103,9 +150,6 @@ def test_engine_page_shows_config_state_and_holders(logged_in, stored):
     assert "hx-swap-oob" not in html
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: with no state yet, counters is {} and {{ counters.statement_time|duration }} "
-    "gets '' (string_if_invalid): duration('') raises TypeError, the page is a 500"))
 def test_engine_page_before_any_state(logged_in, shop):
     process = ingest.register_process(shop.token, protocol.decode(frame(hello_msg())))
     engine = Engine.objects.get(process=process)

@@ -230,9 +230,6 @@ def test_admin_requires_staff_to_add_tokens(client, django_user_model, app):
     assert AgentToken.objects.count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the App admin's AgentTokenInline saves tokens with the model form: "
-    "empty prefix and digest, no token shown (a second one is an IntegrityError)"))
 def test_admin_app_inline_issues_real_tokens(admin_client):
     form = {"name": "billing", "tokens-TOTAL_FORMS": "1", "tokens-INITIAL_FORMS": "0",
             "tokens-MIN_NUM_FORMS": "0", "tokens-MAX_NUM_FORMS": "1000",
