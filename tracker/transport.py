@@ -79,20 +79,25 @@ class Transport:
         try:
             ws.send(frame)
         except ConnectionClosed as exc:
-            self._closed(exc, self._leftovers(ws))
+            self._closed(exc, self._drain(ws)[0])
 
     def receive(self) -> list[bytes | str]:
         """Every message already waiting, without blocking."""
-        ws = self._require()
+        messages, closed = self._drain(self._require())
+        if closed is not None:
+            self._closed(closed, messages)
+        return messages
+
+    @staticmethod
+    def _drain(ws: ClientConnection) -> tuple[list[Any], ConnectionClosed | None]:
         messages: list[Any] = []
         try:
             while True:
                 messages.append(ws.recv(timeout=0))
         except TimeoutError:
-            return messages
+            return messages, None
         except ConnectionClosed as exc:
-            self._closed(exc, messages)
-        return messages  # unreachable: _closed raises
+            return messages, exc
 
     def close(self) -> None:
         ws, self._ws = self._ws, None
@@ -111,15 +116,6 @@ class Transport:
         if self._ws is None:
             raise TransportError("not connected")
         return self._ws
-
-    @staticmethod
-    def _leftovers(ws: ClientConnection) -> list[bytes | str]:
-        messages: list[Any] = []
-        try:
-            while True:
-                messages.append(ws.recv(timeout=0))
-        except Exception:
-            return messages
 
     def _closed(self, exc: ConnectionClosed, pending: list[bytes | str]) -> None:
         self._ws = None
