@@ -290,6 +290,8 @@ def warm_up(engine: Engine, ops: int, errors: AgentErrors) -> None:
 
 def bench(engine: Engine, rounds: int, ops: int, errors: AgentErrors,
           progress: Callable[[str], None]) -> list[Result]:
+    """Per round and workload one off/on pair; whichever goes first alternates
+    between workloads and from round to round."""
     results = [Result(w.name) for w in WORKLOADS]
     for r in range(rounds):
         t_round = time.perf_counter()

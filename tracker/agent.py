@@ -21,7 +21,7 @@ from .config import AgentConfig
 from .hooks import ListenerSet
 from .hooks.engine import EngineHooks
 from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
-from .locations import LocationFinder
+from .locations import LocationFinder, describe
 from .protocol import MAX_HOLDERS
 from .recorder import Recorder
 from .registry import EngineEntry, PoolEntry, Registry, engine_info
@@ -169,11 +169,7 @@ class Agent:
             "counters": stats.counters_dict(),
             "wait": stats.wait.as_dict(),
             "hold": stats.hold.as_dict(),
-            "holders": [
-                {"since": since, "thread": thread, "thread_id": tid,
-                 "location": stack[0] if stack else None, "stack": stack}
-                for since, _t0, tid, thread, stack in listed
-            ],
+            "holders": [_holder(*holder) for holder in listed],
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -181,6 +177,13 @@ class Agent:
         and tests). Only call it when no worker thread is running, or from the worker."""
         self.worker.process(self.recorder.drain())
         return self.worker.state()
+
+
+def _holder(since: float, _t0: float, tid: int, thread: str,
+            captured: list[Any]) -> dict[str, Any]:
+    stack = describe(captured)
+    return {"since": since, "thread": thread, "thread_id": tid,
+            "location": stack[0] if stack else None, "stack": stack}
 
 
 def _pool_gauges(pool: Pool) -> dict[str, Any]:

@@ -18,23 +18,42 @@ class LocationFinder:
     def __init__(self, skip_modules: tuple[str, ...], depth: int) -> None:
         self._skip_dirs = tuple(_module_dirs(skip_modules))
         self._depth = depth
-        self._is_app: dict[CodeType, bool] = {}
+        # keyed by id(): hashing a code object hashes its whole contents. The code
+        # objects are kept alive in _seen, so an id cannot be reused by another one.
+        self._is_app: dict[int, bool] = {}
+        self._seen: list[CodeType] = []
 
-    def stack(self, frame: FrameType | None = None) -> list[str]:
-        """Up to ``depth`` application frames, innermost first, as ``file:line in fn``."""
+    def capture(self, frame: FrameType | None = None) -> list[tuple[CodeType, int]]:
+        """Up to ``depth`` application frames, innermost first, as (code, line) pairs.
+
+        This runs on the application's thread: it only walks and records; turning
+        the pairs into text (:meth:`describe`) is left to the worker.
+        """
         if frame is None:
             frame = sys._getframe(1)
-        found: list[str] = []
+        found: list[tuple[CodeType, int]] = []
         is_app = self._is_app
-        while frame is not None and len(found) < self._depth:
+        depth = self._depth
+        while frame is not None:
             code = frame.f_code
-            app = is_app.get(code)
+            app = is_app.get(id(code))
             if app is None:
-                app = is_app[code] = self._classify(code)
+                app = self._learn(code)
             if app:
-                found.append(f"{_short(code.co_filename)}:{frame.f_lineno} in {code.co_name}")
+                found.append((code, frame.f_lineno))
+                if len(found) >= depth:
+                    break
             frame = frame.f_back
         return found
+
+    def stack(self, frame: FrameType | None = None) -> list[str]:
+        """Like :meth:`capture`, as ``file:line in function`` strings."""
+        return describe(self.capture(frame if frame is not None else sys._getframe(1)))
+
+    def _learn(self, code: CodeType) -> bool:
+        app = self._is_app[id(code)] = self._classify(code)
+        self._seen.append(code)
+        return app
 
     def _classify(self, code: CodeType) -> bool:
         filename = code.co_filename
@@ -66,6 +85,11 @@ def _module_dirs(modules: tuple[str, ...]) -> list[str]:
     # threading's run/bootstrap frames are never the application's
     dirs.append(os.path.join(stdlib, "threading.py"))
     return dirs
+
+
+def describe(captured: list[tuple[CodeType, int]]) -> list[str]:
+    """``file:line in function`` for each captured (code, line) pair."""
+    return [f"{_short(code.co_filename)}:{line} in {code.co_name}" for code, line in captured]
 
 
 _CWD = os.getcwd() + os.sep

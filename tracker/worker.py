@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import protocol
 from .hooks import engine as engine_hooks
+from .locations import describe
 from .hooks import pool as pool_hooks
 from .stats import EngineStats
 from .transport import Transport, TransportError
@@ -178,19 +179,20 @@ class Worker:
             stats.hold.add(held)
 
     def _on_wait(self, pool_entry: Any, waited: float) -> None:
-        self.stats_for(pool_entry.engine).wait.add(waited)
+        stats = self.stats_for(pool_entry.engine)
+        stats.counters["checkouts"] += 1  # see PoolHooks._checkout_evt
+        stats.wait.add(waited)
 
     def _on_timeout(self, pool_entry: Any, ts: float, waited: float, thread: str,
-                    stack: list[str]) -> None:
+                    stack: list[Any]) -> None:
         self.stats_for(pool_entry.engine).counters["timeouts"] += 1
         self._event(["checkout_timeout", ts, pool_entry.engine.id, thread,
-                     stack[0] if stack else "", waited])
+                     _first(stack), waited])
 
-    def _on_invalidate(self, pool_entry: Any, ts: float, thread: str, stack: list[str],
+    def _on_invalidate(self, pool_entry: Any, ts: float, thread: str, stack: list[Any],
                        error: str) -> None:
         self.stats_for(pool_entry.engine).counters["invalidations"] += 1
-        self._event(["invalidate", ts, pool_entry.engine.id, thread,
-                     stack[0] if stack else "", error])
+        self._event(["invalidate", ts, pool_entry.engine.id, thread, _first(stack), error])
 
     def _on_statement(self, entry: "EngineEntry", seconds: float, statement: str,
                       executemany: bool) -> None:
@@ -340,3 +342,8 @@ class Worker:
         assert self.transport is not None
         self.transport.send(protocol.encode(
             {"t": "ack", "id": message["id"], "status": status, "reason": reason}))
+
+
+def _first(captured: list[Any]) -> str:
+    """The innermost application frame of a captured stack, as text ("" if none)."""
+    return describe(captured[:1])[0] if captured else ""

@@ -220,8 +220,8 @@ def test_queue_drops_are_reported_in_state(tmp_path):
         for _ in range(30):
             conn.execute(sa.text("select 1"))
     state = handle.agent.snapshot()
-    # connect, wait, checkout, 30 statements, checkin: 34 items into a queue of 10
-    assert state["agent"]["drops"] == {"queue_full": 24}
+    # connect, wait (with its checkout), 30 statements, checkin: 33 items, queue of 10
+    assert state["agent"]["drops"] == {"queue_full": 23}
     assert len(handle.agent.recorder) == 0
     assert state["agent"]["queue_max"] == 10
     engine.dispose()

@@ -35,7 +35,7 @@ INVALIDATE = "invalidate"
 SOFT_INVALIDATE = "soft_invalidate"
 CLOSE = "close"
 DETACH = "detach"
-WAIT = "wait"
+WAIT = "wait"  # a timed pool.connect() that returned: a checkout and its wait
 TIMEOUT = "timeout"
 
 _WRAPPED = "__retort_wrapped__"
@@ -89,12 +89,15 @@ class PoolHooks:
             if waiter is not None:
                 stack = waiter[2]  # already walked when the wait began
             elif self.capture_locations:
-                stack = self.finder.stack()
+                stack = self.finder.capture()
             else:
                 stack = []
             entry.holders[id(record)] = (time.time(), perf_counter(), tid,
                                          _current_thread().name, stack)
-            self.recorder.submit((CHECKOUT, entry))
+            if waiter is None:
+                # inside a timed pool.connect() the WAIT item counts the checkout:
+                # one item per checkout for the worker, not two
+                self.recorder.submit((CHECKOUT, entry))
         except Exception as exc:
             self.recorder.count_error("pool.checkout", exc)
 
@@ -114,7 +117,7 @@ class PoolHooks:
             entry = self._entry(pool_of_record(record))
             if entry is None:
                 return
-            stack = self.finder.stack() if self.capture_locations else []
+            stack = self.finder.capture() if self.capture_locations else []
             reason = f"{type(error).__name__}: {error}"[:500] if error is not None else ""
             self.recorder.submit((INVALIDATE, entry, time.time(),
                                   _current_thread().name, stack, reason))
@@ -162,7 +165,7 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
         tid = _get_ident()
         t0 = perf_counter()
         try:
-            stack = finder.stack() if capture_locations else []
+            stack = finder.capture() if capture_locations else []
             waiters[tid] = (time.time(), t0, stack)
         except Exception as exc:  # never let the agent fail a checkout
             recorder.count_error("pool.connect.wrap", exc)
