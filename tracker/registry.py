@@ -34,7 +34,8 @@ class PoolEntry:
 class EngineEntry:
     """One engine (or, for a pool used without an engine, that pool alone)."""
 
-    __slots__ = ("id", "name", "engine_ref", "created", "disposed", "__weakref__")
+    __slots__ = ("id", "name", "engine_ref", "created", "disposed", "pool_id", "revision",
+                 "__weakref__")
 
     def __init__(self, engine_id: str, name: str, engine: Engine | None) -> None:
         self.id = engine_id
@@ -42,6 +43,10 @@ class EngineEntry:
         self.engine_ref = weakref.ref(engine) if engine is not None else None
         self.created = time.time()
         self.disposed = 0
+        #: id() of the pool last seen on the engine: a new one means engine.dispose()
+        self.pool_id: int | None = None
+        #: bumped whenever what engine_info() reports changes (adoption, new pool)
+        self.revision = 0
 
     def engine(self) -> Engine | None:
         return self.engine_ref() if self.engine_ref is not None else None
@@ -74,7 +79,10 @@ class Registry:
                     weakref.finalize(engine, self.engines.pop, id(engine), None)
             if announce:
                 self._on_new_engine(entry)
-        self.pool_entry(engine.pool, entry)
+        pool = engine.pool
+        self.pool_entry(pool, entry)
+        if entry.pool_id is None:
+            entry.pool_id = id(pool)
         return entry
 
     def _adopt_anonymous(self, engine: Engine) -> EngineEntry | None:
@@ -86,6 +94,7 @@ class Registry:
         entry = pool_entry.engine
         entry.engine_ref = weakref.ref(engine)
         entry.name = _engine_name(engine)
+        entry.revision += 1
         return entry
 
     def pool_entry(self, pool: Pool, engine: EngineEntry | None = None) -> PoolEntry:
@@ -117,8 +126,18 @@ class Registry:
         self._on_new_engine(entry)
         return entry
 
+    def engines_by_pool(self) -> list[EngineEntry]:
+        """The engine entries the known pools belong to (anonymous ones included)."""
+        return [pool_entry.engine for pool_entry in list(self.pools.values())]
+
     def live_engines(self) -> list[tuple[EngineEntry, Engine | None]]:
-        return [(entry, entry.engine()) for entry in list(self.engines.values())]
+        """Every engine with its entry, and pools whose engine is not known yet
+        (reported under a provisional name until the engine is found)."""
+        entries = {id(entry): entry for entry in list(self.engines.values())}
+        for entry in self.engines_by_pool():
+            if entry.engine_ref is None:
+                entries.setdefault(id(entry), entry)
+        return [(entry, entry.engine()) for entry in entries.values()]
 
     def clear(self) -> None:
         with self._lock:

@@ -39,7 +39,8 @@ class Worker:
         self.config = agent.config
         self.recorder = agent.recorder
         self.stats: dict[str, EngineStats] = {}
-        self.announced: set[str] = set()
+        #: engine id -> revision of its configuration the dashboard has
+        self.announced: dict[str, int] = {}
         self.pending_events: collections.deque[list[Any]] = collections.deque()
         self.reconnects = 0
         self.connections = 0
@@ -54,6 +55,7 @@ class Worker:
         self._stopping = False
         self._next_state = 0.0
         self._next_attempt = 0.0
+        self._last_scan = 0.0
         self._last_refusal: str | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "welcome": self._on_welcome,
@@ -73,7 +75,6 @@ class Worker:
             pool_hooks.TIMEOUT: self._on_timeout,
             engine_hooks.STATEMENT: self._on_statement,
             engine_hooks.STATEMENT_ERROR: self._on_statement_error,
-            engine_hooks.DISPOSE: self._on_dispose,
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -203,10 +204,33 @@ class Worker:
     def _on_statement_error(self, entry: "EngineEntry") -> None:
         self.stats_for(entry).counters["statement_errors"] += 1
 
-    def _on_dispose(self, entry: "EngineEntry") -> None:
-        entry.disposed += 1
-        self.announced.discard(entry.id)  # its pool is new: send the config again
-        self._event(["dispose", time.time(), entry.id])
+    def check_pools(self) -> None:
+        registry = self.agent.registry
+        if any(entry.engine_ref is None for entry in list(registry.engines_by_pool())):
+            # a pool whose engine we have not seen execute anything yet: look for it
+            now = time.monotonic()
+            if now - self._last_scan > 5.0:
+                self._last_scan = now
+                self.agent.discover_existing()
+        self._check_disposed()
+
+    def _check_disposed(self) -> None:
+        """Notice engines whose pool was replaced (``engine.dispose()``): count it,
+        time the new pool, and announce the engine's configuration again. (Listening
+        for ``engine_disposed`` would be a connection-level listener: see
+        hooks/engine.py for what those cost.)"""
+        for entry, engine in self.agent.registry.live_engines():
+            if engine is None:
+                continue
+            pool = engine.pool
+            if entry.pool_id == id(pool):
+                continue
+            if entry.pool_id is not None:
+                entry.disposed += 1
+                entry.revision += 1  # a new pool: send the configuration again
+                self._event(["dispose", time.time(), entry.id])
+            entry.pool_id = id(pool)
+            self.agent.registry.pool_entry(pool, entry)
 
     def _event(self, event: list[Any]) -> None:
         if self.transport is not None:
@@ -223,6 +247,7 @@ class Worker:
 
     def state(self) -> dict[str, Any]:
         """The ``state`` message: every live engine's pool now, and the agent's health."""
+        self.check_pools()
         engines = []
         for entry, engine in self.agent.registry.live_engines():
             engines.append(self.agent.engine_state(entry, engine, self.stats_for(entry)))
@@ -241,10 +266,10 @@ class Worker:
 
     def _announce_engines(self) -> None:
         for entry, engine in self.agent.registry.live_engines():
-            if entry.id not in self.announced and (engine is not None or entry.engine_ref is None):
+            if self.announced.get(entry.id) != entry.revision:
                 self.transport.send(protocol.encode(
                     {"t": "engine", "engine": self.agent.engine_info(entry, engine)}))
-                self.announced.add(entry.id)
+                self.announced[entry.id] = entry.revision
 
     def _send_events(self) -> None:
         while self.pending_events:
@@ -278,7 +303,8 @@ class Worker:
         except TransportError as exc:
             self._lost(exc)
             return False
-        self.announced = {engine["id"] for engine in hello["engines"]}
+        self.announced = {entry.id: entry.revision
+                          for entry, _ in self.agent.registry.live_engines()}
         if self.connections:
             self.reconnects += 1
         self.connections += 1

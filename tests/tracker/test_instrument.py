@@ -27,8 +27,9 @@ def _listeners(agent):
         (Pool, "checkout", agent.pool_hooks._checkout_evt),
         (Pool, "checkin", agent.pool_hooks._checkin_evt),
         (Pool, "connect", agent.pool_hooks._connect_evt),
-        (Engine, "after_cursor_execute", agent.engine_hooks._after_cursor_execute_evt),
-        (Engine, "engine_connect", agent.engine_hooks._engine_connect_evt),
+        (Engine, "do_execute", agent.engine_hooks._do_execute_evt),
+        (Engine, "do_executemany", agent.engine_hooks._do_executemany_evt),
+        (Engine, "do_execute_no_params", agent.engine_hooks._do_execute_no_params_evt),
     ]
 
 
@@ -37,7 +38,7 @@ def test_instrument_is_idempotent():
     count = len(first.agent.listeners)
     second = tracker.instrument(run_worker=False, url=None, app="ignored")
     assert second.agent is first.agent
-    assert len(first.agent.listeners) == count == 12
+    assert len(first.agent.listeners) == count == 10
     assert first.agent.config.app == "a"
     tracker.uninstrument()
     tracker.uninstrument()
