@@ -11,12 +11,12 @@ What it measures
     Each workload runs with the agent off and with it on, side by side in one
     process. "On" is ``tracker.instrument(url=None)``: every hook installed and the
     worker thread running, draining and aggregating, but no dashboard to send to.
-    "Off" is ``tracker.uninstrument()`` plus one repair: SQLAlchemy leaves
-    ``Engine._has_events`` switched on once a listener was ever added to the Engine
-    class, and the bench switches it back off so that "off" costs what a process that
-    never ran the agent costs (see :func:`restore_engine_flag`; a note is printed when
-    this was needed). The engine is created before the agent, so it is found by
-    ``instrument()``'s discovery of existing engines.
+    "Off" is ``tracker.uninstrument()`` plus one repair: SQLAlchemy leaves the
+    ``_has_events`` flag of ``Engine`` (or ``Dialect``) switched on once a listener was
+    ever added to that class, and the bench switches it back off so that "off" costs
+    what a process that never ran the agent costs (see :func:`restore_event_flags`; a
+    note is printed when this was needed). The engine is created before the agent,
+    so it is found by ``instrument()``'s discovery of existing engines.
 
 How it runs
     The machine is assumed noisy, so runs are interleaved: for each of ``--rounds``
@@ -62,6 +62,7 @@ from typing import Any, Callable
 
 import sqlalchemy
 from sqlalchemy import Engine, String, create_engine, delete, event, insert, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -216,27 +217,30 @@ class AgentErrors:
             self.first = self.first or agent.recorder.first_error
 
 
-#: ``Engine._has_events`` as it was before the agent ever ran (read at import).
-_ENGINE_HAS_EVENTS: bool = Engine._has_events
-#: Set when ``uninstrument()`` was seen to leave ``Engine._has_events`` switched on.
-leftover_engine_flag = False
+#: Classes on which SQLAlchemy sets ``_has_events = True`` when a listener is added
+#: to them (Engine for connection events, Dialect for dialect events such as
+#: ``do_execute``), with the value each had before the agent ever ran (read at import).
+_EVENT_FLAGS: dict[type, bool] = {cls: cls._has_events for cls in (Engine, Dialect)}
+#: Names of the classes whose flag ``uninstrument()`` was seen to leave switched on.
+leftover_event_flags: set[str] = set()
 
 
-def restore_engine_flag() -> None:
+def restore_event_flags() -> None:
     """Make 'off' the state of a process the agent never touched.
 
-    Adding a listener to the ``Engine`` class sets ``Engine._has_events = True``;
-    removing it does not reset the flag, so after ``uninstrument()`` every Connection
-    still runs SQLAlchemy's event dispatch (a joined dispatcher per connection, a call
-    per event point) with nobody listening. That leftover costs a large part of the
-    agent's overhead, so leaving it would make 'off' slower than a process that never
-    ran the agent and understate the ratio. The bench itself adds no Engine-class
-    listener, so the original value is restored here.
+    Adding a listener to the ``Engine`` class sets ``Engine._has_events = True`` (to
+    ``Dialect`` for dialect events, ``Dialect._has_events``); removing the listener
+    does not reset the flag, so after ``uninstrument()`` SQLAlchemy keeps running its
+    event dispatch with nobody listening: for Engine, a joined dispatcher per
+    Connection and a call per event point, a large cost; for Dialect, a loop over an
+    empty listener list per statement. Leaving that would make 'off' slower than a
+    process that never ran the agent and understate the ratio. The bench adds no
+    listener to these classes itself, so their original values are restored here.
     """
-    global leftover_engine_flag
-    if Engine._has_events != _ENGINE_HAS_EVENTS:
-        leftover_engine_flag = True
-        Engine._has_events = _ENGINE_HAS_EVENTS
+    for cls, original in _EVENT_FLAGS.items():
+        if cls._has_events != original:
+            leftover_event_flags.add(f"{cls.__name__}._has_events")
+            cls._has_events = original
 
 
 def set_agent(on: bool, errors: AgentErrors) -> None:
@@ -244,7 +248,7 @@ def set_agent(on: bool, errors: AgentErrors) -> None:
     every 'on' run starts from the same state."""
     errors.collect()
     tracker.uninstrument()
-    restore_engine_flag()
+    restore_event_flags()
     if on:
         tracker.instrument(url=None)
         if not tracker.is_instrumented():
@@ -347,7 +351,7 @@ def to_json(results: list[Result], args: argparse.Namespace, overall: float,
         "passed": passed,
         "elapsed_s": elapsed,
         "agent_errors": errors.count,
-        "engine_flag_left_on_by_uninstrument": leftover_engine_flag,
+        "event_flags_left_on_by_uninstrument": sorted(leftover_event_flags),
         "environment": {
             "python": platform.python_version(),
             "sqlalchemy": sqlalchemy.__version__,
@@ -410,10 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_table(results, args.ops))
     print()
-    if leftover_engine_flag:
-        print("note: uninstrument() left Engine._has_events=True (SQLAlchemy's event "
-              "dispatch stays on after the agent is gone); the bench reset it after each "
-              "uninstrument() so that 'off' is a clean baseline")
+    if leftover_event_flags:
+        print(f"note: uninstrument() left {', '.join(sorted(leftover_event_flags))} = True "
+              "(SQLAlchemy's event dispatch stays on after the agent is gone);\n      the "
+              "bench resets such flags after each uninstrument() so that 'off' is a clean "
+              "baseline")
     if errors.count:
         print(f"warning: the agent counted {errors.count} internal error(s); "
               f"first: {errors.first}")

@@ -92,8 +92,8 @@ class Agent:
         self.worker.abandon()
         self._pid = os.getpid()
         self.started = time.time()
-        self.recorder = Recorder(self.config.queue_size)
-        self.pool_hooks.recorder = self.engine_hooks.recorder = self.recorder
+        # the same recorder, emptied: the pools' connect wrappers hold on to its queue
+        self.recorder.reset()
         for pool_entry in list(self.registry.pools.values()):
             # connections the parent held are not this process's to report
             pool_entry.holders.clear()

@@ -20,7 +20,10 @@ class Recorder:
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
-        self._items: collections.deque[tuple[Any, ...]] = collections.deque()
+        #: the deque itself; hot hooks may append to it directly while
+        #: ``len(queue) < maxlen`` (the full case must go through submit())
+        self.queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._items = self.queue
         self._full_lock = threading.Lock()
         self.drops: collections.Counter[str] = collections.Counter()
         #: internal errors caught in hooks or the worker (never raised to the app)
@@ -63,6 +66,15 @@ class Recorder:
 
     def clear(self) -> None:
         self._items.clear()
+
+    def reset(self) -> None:
+        """Empty the queue and forget drops and errors (a forked child starts afresh)."""
+        self._full_lock = threading.Lock()
+        self._errors_lock = threading.Lock()
+        self._items.clear()
+        self.drops.clear()
+        self.errors = 0
+        self.first_error = None
 
     def count_drop(self, reason: str, n: int = 1) -> None:
         with self._full_lock:

@@ -27,8 +27,8 @@ class PoolEntry:
         self.pool_ref = weakref.ref(pool)
         #: id(connection record) -> (since wall time, perf t0, thread id, thread name, stack)
         self.holders: dict[int, tuple[float, float, int, str, list[str]]] = {}
-        #: thread id -> (since wall time, perf t0, stack) for threads inside pool.connect()
-        self.waiters: dict[int, tuple[float, float, list[str]]] = {}
+        #: thread id -> (perf t0, captured stack) for threads inside pool.connect()
+        self.waiters: dict[int, tuple[float, list[Any]]] = {}
 
 
 class EngineEntry:

@@ -115,10 +115,12 @@ def test_an_agent_failure_never_reaches_the_application(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     handle = tracker.instrument(run_worker=False, url=None, app="a")
 
-    def broken(item):
-        raise RuntimeError("agent bug")
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("agent bug")
 
-    handle.agent.recorder.submit = broken  # every hook now fails inside the agent
+    # every hook now fails inside the agent
+    handle.agent.pool_hooks.registry = handle.agent.engine_hooks.registry = Broken()
     with engine.connect() as conn:
         assert conn.execute(sa.text("select 42")).scalar() == 42
     assert handle.agent.recorder.errors >= 3  # checkout, statement, checkin

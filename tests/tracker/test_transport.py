@@ -228,17 +228,19 @@ def test_queue_drops_are_reported_in_state(tmp_path):
 
 
 def test_large_event_batches_are_split_below_the_frame_limit(peer, monkeypatch):
-    monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 4_000)
+    # small enough to force splits, large enough for a hello listing every engine
+    # earlier tests left alive
+    monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 20_000)
     handle = tracker.instrument(run_worker=False, url=peer.url, token="rt_t", app="a")
     worker = handle.agent.worker
     assert worker._open()
-    events = [["dispose", 1.0 + i, f"e{i}"] for i in range(200)]  # ~25 bytes each
-    events.append(["invalidate", 2.0, "e1", "t", "loc", "x" * 5_000])  # can never fit
+    events = [["dispose", 1.0 + i, f"e{i}"] for i in range(2000)]  # ~25 bytes each
+    events.append(["invalidate", 2.0, "e1", "t", "loc", "x" * 30_000])  # can never fit
     worker.pending_events.extend(events)
     worker._send_events()
     assert peer.wait_for(lambda: sum(len(m["events"]) for m in peer.messages
-                                     if m["t"] == "events") == 200)
+                                     if m["t"] == "events") == 2000)
     frames = [m for m in peer.messages if m["t"] == "events"]
     assert len(frames) > 1
-    assert [e[2] for m in frames for e in m["events"]] == [f"e{i}" for i in range(200)]
+    assert [e[2] for m in frames for e in m["events"]] == [f"e{i}" for i in range(2000)]
     assert handle.agent.recorder.drops == {protocol.DROP_OVERSIZE: 1}

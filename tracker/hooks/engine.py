@@ -33,7 +33,13 @@ class EngineHooks:
 
     def __init__(self, registry: "Registry", recorder: "Recorder") -> None:
         self.registry = registry
+        self.bind(recorder)
+
+    def bind(self, recorder: "Recorder") -> None:
+        """Record into ``recorder`` (see PoolHooks.bind)."""
         self.recorder = recorder
+        self._queue = recorder.queue
+        self._room = recorder.maxlen
 
     def install(self, listeners: ListenerSet) -> None:
         listeners.listen(Engine, "do_execute", self._do_execute_evt)
@@ -79,9 +85,12 @@ class EngineHooks:
             entry = self.registry.engines.get(id(engine))
             if entry is None:
                 entry = self.registry.engine_entry(engine)  # an engine seen the first time
-            if failed:
-                self.recorder.submit((STATEMENT_ERROR, entry))
+            item = ((STATEMENT_ERROR, entry) if failed
+                    else (STATEMENT, entry, seconds, statement, executemany))
+            queue = self._queue
+            if len(queue) < self._room:
+                queue.append(item)
             else:
-                self.recorder.submit((STATEMENT, entry, seconds, statement, executemany))
+                self.recorder.submit(item)
         except Exception as exc:
             self.recorder.count_error("engine.statement", exc)

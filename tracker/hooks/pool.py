@@ -52,9 +52,16 @@ class PoolHooks:
     def __init__(self, registry: "Registry", recorder: "Recorder",
                  finder: "LocationFinder", capture_locations: bool) -> None:
         self.registry = registry
-        self.recorder = recorder
         self.finder = finder
         self.capture_locations = capture_locations
+        self.bind(recorder)
+
+    def bind(self, recorder: "Recorder") -> None:
+        """Record into ``recorder`` (a new one after fork). The hot hooks append to its
+        deque directly while it has room: a method call less per event."""
+        self.recorder = recorder
+        self._queue = recorder.queue
+        self._room = recorder.maxlen
 
     def install(self, listeners: ListenerSet) -> None:
         listeners.listen(Pool, "connect", self._connect_evt)
@@ -81,13 +88,14 @@ class PoolHooks:
 
     def _checkout_evt(self, dbapi_connection: Any, record: Any, fairy: Any) -> None:
         try:
-            entry = self._entry(getattr(fairy, "_pool", None) or pool_of_record(record))
+            pool = fairy._pool
+            entry = self.registry.pools.get(id(pool)) or self._entry(pool)
             if entry is None:
                 return
             tid = _get_ident()
             waiter = entry.waiters.get(tid)
             if waiter is not None:
-                stack = waiter[2]  # already walked when the wait began
+                stack = waiter[1]  # already walked when the wait began
             elif self.capture_locations:
                 stack = self.finder.capture()
             else:
@@ -103,12 +111,17 @@ class PoolHooks:
 
     def _checkin_evt(self, dbapi_connection: Any, record: Any) -> None:
         try:
-            entry = self._entry(pool_of_record(record))
+            pool = pool_of_record(record)
+            entry = self.registry.pools.get(id(pool)) or self._entry(pool)
             if entry is None:
                 return
             holder = entry.holders.pop(id(record), None)
-            held = perf_counter() - holder[1] if holder is not None else None
-            self.recorder.submit((CHECKIN, entry, held))
+            item = (CHECKIN, entry, perf_counter() - holder[1] if holder is not None else None)
+            queue = self._queue
+            if len(queue) < self._room:
+                queue.append(item)
+            else:
+                self.recorder.submit(item)
         except Exception as exc:
             self.recorder.count_error("pool.checkin", exc)
 
@@ -160,13 +173,14 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
     original: Callable[[], Any] = pool.connect  # bound method of the class
     waiters = entry.waiters
     submit = recorder.submit
+    queue, room = recorder.queue, recorder.maxlen
 
     def connect() -> Any:
         tid = _get_ident()
         t0 = perf_counter()
         try:
             stack = finder.capture() if capture_locations else []
-            waiters[tid] = (time.time(), t0, stack)
+            waiters[tid] = (t0, stack)
         except Exception as exc:  # never let the agent fail a checkout
             recorder.count_error("pool.connect.wrap", exc)
             stack = []
@@ -181,7 +195,11 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
             waiters.pop(tid, None)
             raise
         waiters.pop(tid, None)
-        submit((WAIT, entry, perf_counter() - t0))
+        item = (WAIT, entry, perf_counter() - t0)
+        if len(queue) < room:
+            queue.append(item)
+        else:
+            submit(item)
         return connection
 
     connect.__wrapped__ = original  # type: ignore[attr-defined]
