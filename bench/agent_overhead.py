@@ -228,9 +228,9 @@ leftover_event_flags: set[str] = set()
 def restore_event_flags() -> None:
     """Make 'off' the state of a process the agent never touched.
 
-    Adding a listener to the ``Engine`` class sets ``Engine._has_events = True`` (to
-    ``Dialect`` for dialect events, ``Dialect._has_events``); removing the listener
-    does not reset the flag, so after ``uninstrument()`` SQLAlchemy keeps running its
+    Adding a listener to the ``Engine`` class sets ``Engine._has_events = True`` (a
+    dialect event such as ``do_execute`` sets ``Dialect._has_events``); removing the
+    listener does not reset the flag, so after ``uninstrument()`` SQLAlchemy keeps running its
     event dispatch with nobody listening: for Engine, a joined dispatcher per
     Connection and a call per event point, a large cost; for Dialect, a loop over an
     empty listener list per statement. Leaving that would make 'off' slower than a
