@@ -13,7 +13,9 @@ def agent():
     import tracker
 
     assert not tracker.is_instrumented(), "a previous test left the agent attached"
-    handle = tracker.instrument(run_worker=False, url=None, app="tests")
+    # every checkout's location, whatever the pressure: tests assert on them
+    handle = tracker.instrument(run_worker=False, url=None, app="tests",
+                                capture_locations="always")
     try:
         yield handle.agent
     finally:

@@ -10,7 +10,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from time import perf_counter
+from typing import Any, Callable, Sequence
 
 import sqlalchemy
 from sqlalchemy.engine import Engine
@@ -21,7 +22,7 @@ from .config import AgentConfig
 from .hooks import ListenerSet
 from .hooks.engine import EngineHooks
 from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
-from .locations import LocationFinder, describe
+from .locations import OFF, LocationFinder, describe
 from .protocol import MAX_HOLDERS
 from .recorder import Recorder
 from .registry import EngineEntry, PoolEntry, Registry, engine_info
@@ -31,6 +32,10 @@ from .worker import Worker
 log = logging.getLogger("tracker")
 
 #: A control handler takes the message's args and returns (status, reason).
+#: A held connection with no checkout location gets its thread's stack sampled after
+#: this many seconds.
+SAMPLE_HOLDERS_AFTER = 0.5
+
 ControlHandler = Callable[[dict[str, Any]], "tuple[str, str]"]
 
 
@@ -161,7 +166,9 @@ class Agent:
                 status = pool.status()
             except Exception:
                 status = None
-        listed = sorted(holders.values(), key=lambda holder: holder[0])[:MAX_HOLDERS]
+        listed = sorted(holders.items(), key=lambda item: item[1][0])[:MAX_HOLDERS]
+        sampled = self._sample_holders(pool_entry, listed) if pool_entry is not None else {}
+        now_perf, now_wall = perf_counter(), time.time()
         return {
             "id": entry.id,
             "gauges": gauges,
@@ -169,8 +176,34 @@ class Agent:
             "counters": stats.counters_dict(),
             "wait": stats.wait.as_dict(),
             "hold": stats.hold.as_dict(),
-            "holders": [_holder(*holder) for holder in listed],
+            "holders": [_holder(now_wall - (now_perf - t0), tid, stack,
+                                sampled.get((key, t0)))
+                        for key, (t0, tid, stack) in listed],
         }
+
+    def _sample_holders(self, pool_entry: PoolEntry,
+                        listed: list[tuple[int, tuple[Any, ...]]]) -> dict[Any, list[Any]]:
+        """For connections held a while with no checkout location (not captured: the
+        pool was not under pressure), sample where the holding thread is now. Kept
+        per checkout, so it is sampled once; runs on the worker."""
+        known = pool_entry.sampled
+        if self.config.capture_locations == OFF:
+            return known
+        now = perf_counter()
+        frames: dict[int, Any] | None = None
+        current: dict[Any, list[Any]] = {}
+        for key, (t0, tid, stack) in listed:
+            if stack or now - t0 < SAMPLE_HOLDERS_AFTER:
+                continue
+            found = known.get((key, t0))
+            if found is None:
+                if frames is None:
+                    frames = sys._current_frames()
+                frame = frames.get(tid)
+                found = self.finder.capture(frame) if frame is not None else []
+            current[(key, t0)] = found
+        pool_entry.sampled = current
+        return current
 
     def snapshot(self) -> dict[str, Any]:
         """Aggregate whatever is queued and return the state message (for local use
@@ -179,11 +212,23 @@ class Agent:
         return self.worker.state()
 
 
-def _holder(since: float, _t0: float, tid: int, thread: str,
-            captured: list[Any]) -> dict[str, Any]:
+def _holder(since: float, tid: int, captured: Sequence[Any],
+            sampled: list[Any] | None = None) -> dict[str, Any]:
+    thread = _thread_name(tid)
+    if not captured and sampled:
+        stack = describe(sampled)
+        return {"since": since, "thread": thread, "thread_id": tid,
+                "location": stack[0], "stack": stack, "sampled": True}
     stack = describe(captured)
     return {"since": since, "thread": thread, "thread_id": tid,
             "location": stack[0] if stack else None, "stack": stack}
+
+
+def _thread_name(tid: int) -> str:
+    """The name of a live thread (looked up by the worker, not at checkout: it costs a
+    call on the hot path); a thread that is gone is named by its id."""
+    thread = threading._active.get(tid)  # type: ignore[attr-defined]
+    return thread.name if thread is not None else f"thread {tid}"
 
 
 def _pool_gauges(pool: Pool) -> dict[str, Any]:

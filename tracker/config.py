@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Any, Mapping
 
+from .locations import location_mode
+
 #: Environment variable for each setting (a keyword argument wins over it).
 ENV = {
     "url": "RETORT_URL",
@@ -36,8 +38,11 @@ class AgentConfig:
     app: str = dataclasses.field(default_factory=lambda: _default_app_name())
     #: Master switch: False makes ``instrument()`` a no-op.
     enabled: bool = True
-    #: Record the application code location of every checkout (a short stack walk).
-    capture_locations: bool = True
+    #: When to record the application code location of a checkout (a stack walk, the
+    #: agent's main cost per checkout): "pressure" (default: once half the pool is in
+    #: use; held connections without one get their thread's current stack sampled by
+    #: the worker), "always", or "off". True/False mean "always"/"off".
+    capture_locations: str = "pressure"
     #: Allow bind parameter values to be captured (off: never, whatever the dashboard asks).
     capture_parameters: bool = False
     #: Hook-side event queue bound (events); the oldest are dropped beyond it.
@@ -72,6 +77,14 @@ class AgentConfig:
             var = ENV.get(field.name)
             if var and environ.get(var, "") != "":
                 values[field.name] = _parse(field, var, environ[var])
+        if "capture_locations" in values:
+            try:
+                values["capture_locations"] = location_mode(values["capture_locations"])
+            except ValueError:
+                raw = values["capture_locations"]
+                source = (f"{ENV['capture_locations']}={raw!r}"
+                          if "capture_locations" not in overrides else f"capture_locations={raw!r}")
+                raise ValueError(f"{source} is not one of always, pressure, off") from None
         return cls(**values)
 
 

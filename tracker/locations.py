@@ -11,6 +11,30 @@ import os
 import sys
 from types import CodeType, FrameType
 
+#: When checkout locations are captured (``capture_locations``).
+ALWAYS, PRESSURE, OFF = "always", "pressure", "off"
+MODES = (ALWAYS, PRESSURE, OFF)
+#: An empty captured stack, shared.
+NONE: tuple[tuple[CodeType, int], ...] = ()
+
+
+def location_mode(value: object) -> str:
+    """Normalise a ``capture_locations`` value: a mode name, or a bool (True is
+    "always", False is "off"). Raises ``ValueError`` for anything else."""
+    if value is True:
+        return ALWAYS
+    if value is False:
+        return OFF
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in MODES:
+            return low
+        if low in ("1", "true", "yes", "on"):
+            return ALWAYS
+        if low in ("0", "false", "no"):
+            return OFF
+    raise ValueError(f"capture_locations={value!r}: expected one of always, pressure, off")
+
 
 class LocationFinder:
     """Walks the current stack and names the application's frames."""
@@ -87,7 +111,8 @@ def _module_dirs(modules: tuple[str, ...]) -> list[str]:
     return dirs
 
 
-def describe(captured: list[tuple[CodeType, int]]) -> list[str]:
+def describe(captured: "list[tuple[CodeType, int]] | tuple[tuple[CodeType, int], ...]"
+             ) -> list[str]:
     """``file:line in function`` for each captured (code, line) pair."""
     return [f"{_short(code.co_filename)}:{line} in {code.co_name}" for code, line in captured]
 

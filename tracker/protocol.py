@@ -131,6 +131,7 @@ HOLDER: dict[str, Any] = {
     "thread_id": int,
     "location?": str,
     "stack?": [str],
+    "sampled?": bool,
 }
 
 ENGINE_STATE: dict[str, Any] = {

@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
@@ -20,15 +20,34 @@ from sqlalchemy.pool import Pool
 class PoolEntry:
     """Live facts about one pool, written by hooks with atomic dict operations only."""
 
-    __slots__ = ("engine", "pool_ref", "holders", "waiters", "__weakref__")
+    __slots__ = ("engine", "pool_ref", "holders", "waiters", "pressure_at", "sampled",
+                 "__weakref__")
 
     def __init__(self, engine: "EngineEntry", pool: Pool) -> None:
         self.engine = engine
         self.pool_ref = weakref.ref(pool)
-        #: id(connection record) -> (since wall time, perf t0, thread id, thread name, stack)
-        self.holders: dict[int, tuple[float, float, int, str, list[str]]] = {}
-        #: thread id -> (perf t0, captured stack) for threads inside pool.connect()
-        self.waiters: dict[int, tuple[float, list[Any]]] = {}
+        #: id(connection record) -> (perf_counter at checkout, thread id, captured stack)
+        self.holders: dict[int, tuple[float, int, Sequence[Any]]] = {}
+        #: thread id -> perf t0 for threads inside pool.connect()
+        self.waiters: dict[int, float] = {}
+        #: with locations captured "under pressure", a checkout walks the stack only
+        #: when this many connections are already held (half the pool)
+        self.pressure_at = pressure_threshold(pool)
+        #: (id(record), perf t0) -> stack sampled by the worker for a holder without
+        #: a checkout location (worker-only)
+        self.sampled: dict[tuple[int, float], list[Any]] = {}
+
+
+def pressure_threshold(pool: Pool) -> int:
+    """Half the pool's size (at least 1); 4 for pools without a size (NullPool...)."""
+    size = getattr(pool, "size", None)
+    try:
+        value = size() if callable(size) else size
+    except Exception:
+        value = None
+    if isinstance(value, int) and value > 0:
+        return max(1, value // 2)
+    return 4
 
 
 class EngineEntry:

@@ -98,8 +98,12 @@ def test_configuration_from_environment_and_keywords():
     assert (config.url, config.token, config.app) == ("ws://h:1/ws/agent/", "rt_x",
                                                       "keyword wins")
     assert (config.state_interval, config.capture_locations, config.queue_size) == (
-        0.25, False, 10)
+        0.25, "off", 10)
     assert config.capture_parameters is False
+    assert AgentConfig.load({}, {}).capture_locations == "pressure"
+    assert AgentConfig.load({"capture_locations": True}, {}).capture_locations == "always"
+    assert AgentConfig.load({}, {"RETORT_CAPTURE_LOCATIONS": "Always"}).capture_locations == (
+        "always")
 
 
 def test_bad_configuration_is_reported_clearly():
@@ -107,6 +111,9 @@ def test_bad_configuration_is_reported_clearly():
         AgentConfig.load({}, {"RETORT_QUEUE_SIZE": "lots"})
     with pytest.raises(ValueError, match=r"RETORT_ENABLED='maybe' is not a valid bool"):
         AgentConfig.load({}, {"RETORT_ENABLED": "maybe"})
+    with pytest.raises(ValueError, match=r"RETORT_CAPTURE_LOCATIONS='sometimes' is not one "
+                                         r"of always, pressure, off"):
+        AgentConfig.load({}, {"RETORT_CAPTURE_LOCATIONS": "sometimes"})
     with pytest.raises(TypeError, match="unknown agent setting.*: colour"):
         tracker.instrument(colour="red")
 

@@ -245,3 +245,64 @@ def test_orm_session_location_skips_generated_code(agent, tmp_path):
     assert holder["location"].startswith(f"{HERE}:")
     assert holder["location"].endswith(" in test_orm_session_location_skips_generated_code")
     assert not any(frame.startswith("<") for frame in holder["stack"])
+
+
+def test_pressure_mode_walks_the_stack_only_from_half_the_pool(tmp_path):
+    """Default mode: the stack walk (the main cost of a checkout) happens only once
+    half the pool is in use; below that, held connections have no location yet."""
+    import tracker
+
+    engine = _engine("sqlite", tmp_path, pool_size=4, max_overflow=0)
+    handle = tracker.instrument(run_worker=False, url=None, app="tests")
+    try:
+        assert handle.agent.config.capture_locations == "pressure"
+        first = engine.connect()
+        second = engine.connect()
+        third = engine.connect()  # two already held: half of 4
+        holders = _state(handle.agent, engine)["holders"]
+        assert [h["location"] is None for h in holders] == [True, True, False]
+        assert holders[2]["location"].endswith(
+            " in test_pressure_mode_walks_the_stack_only_from_half_the_pool")
+        assert "sampled" not in holders[2]
+        for conn in (third, second, first):
+            conn.close()
+    finally:
+        tracker.uninstrument()
+        engine.dispose()
+
+
+def test_long_held_connection_without_location_is_sampled_from_its_thread(tmp_path):
+    import tracker
+
+    engine = _engine("sqlite", tmp_path, pool_size=4, max_overflow=0)
+    handle = tracker.instrument(run_worker=False, url=None, app="tests")
+    holding, release = threading.Event(), threading.Event()
+
+    def slow_report():
+        with engine.connect():
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=slow_report, name="reporter")
+    thread.start()
+    try:
+        assert holding.wait(5)
+        (holder,) = _state(handle.agent, engine)["holders"]
+        assert holder["location"] is None  # not under pressure, and held only briefly
+        time.sleep(0.6)
+        (holder,) = _state(handle.agent, engine)["holders"]
+        assert holder["thread"] == "reporter"
+        assert holder["sampled"] is True
+        assert holder["location"].startswith(f"{HERE}:")
+        assert holder["location"].endswith(" in slow_report")
+        # sampled once per checkout: the same answer on the next state
+        assert _state(handle.agent, engine)["holders"][0]["location"] == holder["location"]
+        release.set()
+        thread.join(5)
+        assert _state(handle.agent, engine)["holders"] == []
+        assert handle.agent.registry.pools[id(engine.pool)].sampled == {}  # forgotten
+    finally:
+        release.set()
+        thread.join(5)
+        tracker.uninstrument()
+        engine.dispose()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 
+from ..locations import ALWAYS, NONE, OFF, PRESSURE
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -50,9 +51,11 @@ class PoolHooks:
     """Bound-method listeners on ``Pool``; each one only records."""
 
     def __init__(self, registry: "Registry", recorder: "Recorder",
-                 finder: "LocationFinder", capture_locations: bool) -> None:
+                 finder: "LocationFinder", capture_locations: str) -> None:
         self.registry = registry
         self.finder = finder
+        #: "always", "pressure" (walk the stack only when half the pool is in use:
+        #: the walk is most of the agent's cost per checkout) or "off"
         self.capture_locations = capture_locations
         self.bind(recorder)
 
@@ -93,16 +96,17 @@ class PoolHooks:
             if entry is None:
                 return
             tid = _get_ident()
-            waiter = entry.waiters.get(tid)
-            if waiter is not None:
-                stack = waiter[1]  # already walked when the wait began
-            elif self.capture_locations:
+            holders = entry.holders
+            mode = self.capture_locations
+            if mode == PRESSURE:
+                stack = self.finder.capture() if len(holders) >= entry.pressure_at else NONE
+            elif mode == ALWAYS:
                 stack = self.finder.capture()
             else:
-                stack = []
-            entry.holders[id(record)] = (time.time(), perf_counter(), tid,
-                                         _current_thread().name, stack)
-            if waiter is None:
+                stack = NONE
+            # the worker turns t0 into wall time and tid into a thread name
+            holders[id(record)] = (perf_counter(), tid, stack)
+            if tid not in entry.waiters:
                 # inside a timed pool.connect() the WAIT item counts the checkout:
                 # one item per checkout for the worker, not two
                 self.recorder.submit((CHECKOUT, entry))
@@ -116,7 +120,7 @@ class PoolHooks:
             if entry is None:
                 return
             holder = entry.holders.pop(id(record), None)
-            item = (CHECKIN, entry, perf_counter() - holder[1] if holder is not None else None)
+            item = (CHECKIN, entry, perf_counter() - holder[0] if holder is not None else None)
             queue = self._queue
             if len(queue) < self._room:
                 queue.append(item)
@@ -130,7 +134,7 @@ class PoolHooks:
             entry = self._entry(pool_of_record(record))
             if entry is None:
                 return
-            stack = self.finder.capture() if self.capture_locations else []
+            stack = self.finder.capture() if self.capture_locations != OFF else NONE
             reason = f"{type(error).__name__}: {error}"[:500] if error is not None else ""
             self.recorder.submit((INVALIDATE, entry, time.time(),
                                   _current_thread().name, stack, reason))
@@ -165,7 +169,7 @@ class PoolHooks:
 
 
 def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
-                 finder: "LocationFinder", capture_locations: bool) -> None:
+                 finder: "LocationFinder", capture_locations: str) -> None:
     """Shadow ``pool.connect`` on this instance to time the wait for a connection,
     list the threads waiting, and count checkout timeouts."""
     if _WRAPPED in pool.__dict__:
@@ -178,18 +182,18 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
     def connect() -> Any:
         tid = _get_ident()
         t0 = perf_counter()
-        try:
-            stack = finder.capture() if capture_locations else []
-            waiters[tid] = (t0, stack)
-        except Exception as exc:  # never let the agent fail a checkout
-            recorder.count_error("pool.connect.wrap", exc)
-            stack = []
+        # a thread that waits long is seen by the worker, which samples its stack
+        waiters[tid] = t0
         try:
             connection = original()
         except sa_exc.TimeoutError:
             waiters.pop(tid, None)
-            submit((TIMEOUT, entry, time.time(), perf_counter() - t0,
-                    _current_thread().name, stack))
+            try:
+                stack = finder.capture() if capture_locations != OFF else NONE
+                submit((TIMEOUT, entry, time.time(), perf_counter() - t0,
+                        _current_thread().name, stack))
+            except Exception as exc:  # never let the agent change the error raised
+                recorder.count_error("pool.connect.timeout", exc)
             raise
         except BaseException:
             waiters.pop(tid, None)
