@@ -23,7 +23,12 @@ from .hooks import ListenerSet
 from .hooks.engine import EngineHooks
 from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
 from .locations import OFF, LocationFinder, describe
-from .protocol import MAX_HOLDERS
+from .hooks.session import SessionHooks
+from .protocol import MAX_FRAME_BYTES, MAX_HOLDERS, encode
+from .redact import Redactor
+from .sessions import SessionRegistry, SessionReporter
+from .snapshot import Filter as SnapshotFilter
+from .snapshot import take as take_snapshot
 from .recorder import Recorder
 from .registry import EngineEntry, PoolEntry, Registry, engine_info
 from .stats import EngineStats
@@ -36,7 +41,9 @@ log = logging.getLogger("tracker")
 #: this many seconds.
 SAMPLE_HOLDERS_AFTER = 0.5
 
-ControlHandler = Callable[[dict[str, Any]], "tuple[str, str]"]
+#: A control handler takes the message's args and id and returns (status, reason), or
+#: (status, reason, [messages to send after the ack]).
+ControlHandler = Callable[[dict[str, Any], str], "tuple[Any, ...]"]
 
 
 class Agent:
@@ -51,8 +58,15 @@ class Agent:
         self.listeners = ListenerSet()
         self.pool_hooks = PoolHooks(self.registry, self.recorder, self.finder,
                                     config.capture_locations)
-        self.engine_hooks = EngineHooks(self.registry, self.recorder)
-        self.controls: dict[str, ControlHandler] = {}
+        self.sessions = SessionRegistry()
+        self.session_reporter = SessionReporter(self.sessions)
+        self.redactor = Redactor(config.secret_words)
+        self.session_hooks: SessionHooks | None = (
+            SessionHooks(self.registry, self.sessions, self.recorder, self.finder,
+                         config.capture_locations) if config.track_sessions else None)
+        self.engine_hooks = EngineHooks(self.registry, self.recorder,
+                                        self.sessions if config.track_sessions else None)
+        self.controls: dict[str, ControlHandler] = {"snapshot": self._snapshot_control}
         self.dashboard_process_id: int | None = None
         self.worker = Worker(self)
         self.run_worker = False
@@ -64,18 +78,23 @@ class Agent:
         self.run_worker = run_worker
         self.pool_hooks.install(self.listeners)
         self.engine_hooks.install(self.listeners)
+        if self.session_hooks is not None:
+            self.session_hooks.install(self.listeners)
         self.discover_existing()
         if run_worker:
             self.worker.start()
 
     def stop(self) -> None:
         self.listeners.remove_all()
+        if self.session_hooks is not None:
+            self.session_hooks.uninstall()
         for pool_entry in list(self.registry.pools.values()):
             pool = pool_entry.pool_ref()
             if pool is not None:
                 unwrap_connect(pool)
         self.worker.stop(self.config.flush_timeout)
         self.registry.clear()
+        self.sessions.clear()
         self.recorder.clear()
 
     def discover_existing(self) -> int:
@@ -103,6 +122,8 @@ class Agent:
             # connections the parent held are not this process's to report
             pool_entry.holders.clear()
             pool_entry.waiters.clear()
+        for entry in list(self.sessions.by_id.values()):
+            entry.sent = None  # the child reports the sessions it inherited as its own
         self.worker = Worker(self)
         if self.run_worker:
             self.worker.start()
@@ -168,6 +189,7 @@ class Agent:
                 status = None
         listed = sorted(holders.items(), key=lambda item: item[1][0])[:MAX_HOLDERS]
         sampled = self._sample_holders(pool_entry, listed) if pool_entry is not None else {}
+        owners = self._record_owners() if listed else {}
         now_perf, now_wall = perf_counter(), time.time()
         return {
             "id": entry.id,
@@ -177,9 +199,80 @@ class Agent:
             "wait": stats.wait.as_dict(),
             "hold": stats.hold.as_dict(),
             "holders": [_holder(now_wall - (now_perf - t0), tid, stack,
-                                sampled.get((key, t0)))
+                                sampled.get((key, t0)), owners.get(key))
                         for key, (t0, tid, stack) in listed],
         }
+
+    def _record_owners(self) -> dict[int, str]:
+        """id(connection record) -> id of the session whose transaction holds it."""
+        owners: dict[int, str] = {}
+        for entry in list(self.sessions.by_conn.values()):
+            for _engine_id, record_id in list(entry.conns.values()):
+                owners[record_id] = entry.sid
+        return owners
+
+    # -- sessions --------------------------------------------------------------------
+
+    def session_summaries(self, *, everything: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """Summaries of sessions changed since last sent (``everything``: of all live
+        sessions, for local use and tests). Worker thread only."""
+        if everything:
+            self.session_reporter.forget_sent()
+        return self.session_reporter.summaries(self._session_location)
+
+    def _session_location(self, entry: Any) -> tuple[list[str], bool] | None:
+        """The stack of the checkout its transaction holds: captured at checkout, or
+        sampled from its thread (see _sample_holders)."""
+        for _engine_id, record_id in list(entry.conns.values()):
+            for pool_entry in list(self.registry.pools.values()):
+                holder = pool_entry.holders.get(record_id)
+                if holder is None:
+                    continue
+                if holder[2]:
+                    return describe(holder[2]), False
+                sampled = pool_entry.sampled.get((record_id, holder[0]))
+                if sampled:
+                    return describe(sampled), True
+        return None
+
+    def detached_findings(self) -> list[list[Any]]:
+        """Finding events for objects modified after their session closed (a change
+        that will never be written unless merged into a session). Worker thread."""
+        now = time.time()
+        reporter = self.session_reporter
+        reporter.watch_closed(now)
+        events = []
+        for sid, name, identity, changed in reporter.detached_changes(now):
+            message = (f"{name}#{identity} was modified after its session {sid} closed: "
+                       f"the change ({', '.join(changed) or 'attributes'}) will never be "
+                       f"written unless the object is merged into a session")
+            events.append(["finding", now, "", "detached-modification", "warning", sid,
+                           "", "", message, {"class": name, "identity": identity,
+                                             "attributes": changed}])
+        return events
+
+    def _snapshot_control(self, args: dict[str, Any], request: str) -> tuple[Any, ...]:
+        """``snapshot`` control: what one session tracks and would write, one page."""
+        sid = str(args.get("session") or "")
+        entry = self.sessions.find(sid) if sid else None
+        session = entry.ref() if entry is not None else None
+        reply: dict[str, Any] = {
+            "t": "snapshot", "request": request, "session": sid, "ts": time.time(),
+            "found": session is not None, "partial": False, "total": 0, "offset": 0,
+            "entities": [], "changes": [], "changes_total": 0,
+        }
+        if session is None or entry is None:
+            return "applied", "no such live session", [reply]
+        try:
+            reply.update(take_snapshot(session, self.redactor, SnapshotFilter(args)))
+        except Exception as exc:  # the app changed too much under us: say so
+            reply["partial"] = True
+            reply["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        summary = self.session_reporter.summary(entry, session, perf_counter(), time.time(),
+                                                self._session_location, force=True)
+        if summary is not None:
+            reply["summary"] = summary
+        return "applied", "", [_fit(reply)]
 
     def _sample_holders(self, pool_entry: PoolEntry,
                         listed: list[tuple[int, tuple[Any, ...]]]) -> dict[Any, list[Any]]:
@@ -213,15 +306,28 @@ class Agent:
 
 
 def _holder(since: float, tid: int, captured: Sequence[Any],
-            sampled: list[Any] | None = None) -> dict[str, Any]:
-    thread = _thread_name(tid)
+            sampled: list[Any] | None = None, session: str | None = None) -> dict[str, Any]:
+    holder: dict[str, Any] = {"since": since, "thread": _thread_name(tid), "thread_id": tid}
     if not captured and sampled:
         stack = describe(sampled)
-        return {"since": since, "thread": thread, "thread_id": tid,
-                "location": stack[0], "stack": stack, "sampled": True}
-    stack = describe(captured)
-    return {"since": since, "thread": thread, "thread_id": tid,
-            "location": stack[0] if stack else None, "stack": stack}
+        holder.update(location=stack[0], stack=stack, sampled=True)
+    else:
+        stack = describe(captured)
+        holder.update(location=stack[0] if stack else None, stack=stack)
+    if session is not None:
+        holder["session"] = session
+    return holder
+
+
+def _fit(reply: dict[str, Any]) -> dict[str, Any]:
+    """Shrink a snapshot until its frame fits the protocol's limit (the counts stay)."""
+    while len(encode(reply)) > MAX_FRAME_BYTES - 1024 and (reply["changes"]
+                                                           or reply["entities"]):
+        if reply["changes"]:
+            reply["changes"] = reply["changes"][: len(reply["changes"]) // 2]
+        else:
+            reply["entities"] = reply["entities"][: len(reply["entities"]) // 2]
+    return reply
 
 
 def _thread_name(tid: int) -> str:

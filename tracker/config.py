@@ -9,6 +9,7 @@ import sys
 from typing import Any, Mapping
 
 from .locations import location_mode
+from .redact import DEFAULT_SECRET_WORDS
 
 #: Environment variable for each setting (a keyword argument wins over it).
 ENV = {
@@ -21,6 +22,8 @@ ENV = {
     "queue_size": "RETORT_QUEUE_SIZE",
     "state_interval": "RETORT_STATE_INTERVAL",
     "flush_timeout": "RETORT_FLUSH_TIMEOUT",
+    "track_sessions": "RETORT_TRACK_SESSIONS",
+    "secret_words": "RETORT_SECRET_WORDS",
 }
 
 
@@ -54,6 +57,13 @@ class AgentConfig:
     #: Reconnect backoff: first delay and cap, in seconds (full jitter between).
     backoff_initial: float = 0.5
     backoff_max: float = 15.0
+    #: Track ORM sessions (live sessions, their transactions, snapshots on request,
+    #: data-loss traps).
+    track_sessions: bool = True
+    #: Attribute names containing one of these words are masked in every value the
+    #: agent renders. Environment: comma-separated; a leading "+" adds to the defaults
+    #: (``RETORT_SECRET_WORDS=+dob,salary``).
+    secret_words: tuple[str, ...] = DEFAULT_SECRET_WORDS
     #: Module prefixes skipped when looking for the application's code location.
     skip_modules: tuple[str, ...] = ("sqlalchemy", "tracker", "contextlib", "flask_sqlalchemy")
     #: Application frames kept per checkout (the first is the "location").
@@ -111,6 +121,11 @@ def _parse(field: dataclasses.Field, var: str, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind.startswith("tuple"):
+            words = tuple(word.strip() for word in raw.lstrip("+").split(",") if word.strip())
+            if field.name == "secret_words" and raw.strip().startswith("+"):
+                return DEFAULT_SECRET_WORDS + words
+            return words
     except ValueError:
         raise ValueError(f"{var}={raw!r} is not a valid {kind}") from None
     return raw

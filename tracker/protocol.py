@@ -14,6 +14,8 @@ Agent → dashboard
                 the connections checked out now; the agent's own drop counters.
     ``events``  a batch of discrete events (``[kind, ts, ...]`` arrays, see ``EVENTS``).
     ``ack``     the agent's answer to a control message (applied / refused + reason).
+    ``snapshot`` what one session tracks and is about to write, taken on request (a
+                ``control`` with action ``snapshot``) while someone views that session.
     ``bye``     the process is shutting down cleanly.
 
 Dashboard → agent
@@ -132,6 +134,73 @@ HOLDER: dict[str, Any] = {
     "location?": str,
     "stack?": [str],
     "sampled?": bool,
+    # the ORM session whose transaction holds this connection (its SESSION id)
+    "session?": str,
+}
+
+#: Most sessions described in one state frame (oldest open transaction first).
+MAX_SESSIONS = 500
+#: Lifecycle entries kept per session.
+MAX_LIFECYCLE = 30
+
+#: One live (or just ended) ORM session: a cheap summary, no entity data.
+SESSION: dict[str, Any] = {
+    "id": str,                 # "s1", "s2"... unique within the process
+    "kind": str,               # the session's class name (Session, or a subclass)
+    "async?": bool,            # used through an AsyncSession
+    "created": TS,             # first seen: its first transaction
+    "thread": str,
+    "thread_id": int,
+    "task?": str,              # the asyncio task, when run inside one
+    "engines": [str],          # engine ids of its connections (now, or last)
+    "state": str,              # "idle" | "transaction" | "flushing" | "closed"
+    "txn_since?": TS,          # when its open transaction began
+    "last_activity?": TS,      # its last statement, flush or transaction change
+    "autoflush": bool,
+    "expire_on_commit": bool,
+    "objects": int,            # in the identity map
+    "by_class": {"*": int},    # objects per mapped class (refreshed every few seconds)
+    "new": int,
+    "dirty": int,              # objects flagged modified (flush decides what is written)
+    "deleted": int,
+    "connections": [str],      # engine ids of the pooled connections it holds now
+    "statements": int,
+    "flushes": int,
+    "commits": int,
+    "rollbacks": int,
+    "location?": str,          # the code that began its transaction (or, sampled,
+    "stack?": [str],           # where its thread is now: see "sampled")
+    "sampled?": bool,
+    "lifecycle": [list],       # [ts, kind, detail] oldest first, at most MAX_LIFECYCLE
+    "ended?": TS,              # it was closed or garbage collected at this time
+    "end?": str,               # "closed" | "collected"
+}
+
+#: Most entities / changes in one snapshot (the dashboard pages through the rest).
+MAX_SNAPSHOT_ENTITIES = 500
+MAX_SNAPSHOT_CHANGES = 500
+
+#: One tracked object as a snapshot shows it. Values are rendered by the agent from
+#: their type (never by calling the object's ``__repr__``), truncated, and masked when
+#: the attribute name looks secret.
+ENTITY: dict[str, Any] = {
+    "class": str,
+    "identity": str,           # the primary key ("42", "(1, 'x')"), or "" if none yet
+    "state": str,              # transient | pending | persistent | deleted | detached
+    "modified": bool,
+    "expired": [str],          # attributes expired (not loaded): reading them loads
+}
+
+#: A pending change: an insert with its values, an update with old -> new per changed
+#: attribute and collection members added / removed, or a delete.
+CHANGE: dict[str, Any] = {
+    "op": str,                 # "insert" | "update" | "delete"
+    "class": str,
+    "identity": str,
+    "values?": {"*": str},             # insert: attribute -> value
+    "attributes?": {"*": [str]},       # update: attribute -> [old, new]
+    "collections?": {"*": {"added": [str], "removed": [str]}},
+    "references?": {"*": [str]},       # many-to-one changes: attribute -> [old, new]
 }
 
 ENGINE_STATE: dict[str, Any] = {
@@ -193,6 +262,25 @@ MESSAGES: dict[str, dict[str, Any]] = {
             "errors": int,
             "reconnects": int,
         },
+        # sessions changed since the previous state frame (all of them on a new
+        # connection); an ended session is sent once more, with "ended"
+        "sessions?": [SESSION],
+        # live sessions not described because of MAX_SESSIONS
+        "sessions_omitted?": int,
+    },
+    "snapshot": {
+        "request": str,            # the control id it answers
+        "session": str,
+        "ts": TS,
+        "found": bool,             # False: no such live session (ended, or unknown)
+        "partial": bool,           # the app changed the session while it was read
+        "total": int,              # entities matching the filter
+        "offset": int,
+        "entities": [ENTITY],
+        "changes": [CHANGE],
+        "changes_total": int,
+        "summary?": SESSION,
+        "error?": str,
     },
     "events": {"events": [list]},
     "ack": {"id": str, "status": str, "reason?": str},
@@ -203,7 +291,7 @@ MESSAGES: dict[str, dict[str, Any]] = {
 }
 
 #: Messages the dashboard accepts from an agent.
-AGENT_MESSAGES = frozenset({"hello", "engine", "state", "events", "ack", "bye"})
+AGENT_MESSAGES = frozenset({"hello", "engine", "state", "events", "ack", "snapshot", "bye"})
 
 #: Discrete events in ``events`` frames: ``[kind, ts, engine_id, *fields]``, each
 #: field with its type.
@@ -214,6 +302,10 @@ EVENTS: dict[str, tuple[tuple[str, Any], ...]] = {
     "invalidate": (("thread", str), ("location", str), ("error", str)),
     # the engine's pool was replaced by engine.dispose()
     "dispose": (),
+    # something the advisor reports; engine_id is "" when it concerns no engine (a
+    # session that never touched the database). rule ids: see docs/findings.md
+    "finding": (("rule", str), ("severity", str), ("session", str), ("thread", str),
+                ("location", str), ("message", str), ("evidence", ANY)),
 }
 
 

@@ -17,6 +17,7 @@ from . import protocol
 from .hooks import engine as engine_hooks
 from .locations import describe
 from .hooks import pool as pool_hooks
+from .hooks import session as session_hooks
 from .protocol import HIST_BOUNDS
 from .stats import EngineStats
 from .transport import Transport, TransportError
@@ -82,6 +83,7 @@ class Worker:
             pool_hooks.TIMEOUT: self._on_timeout,
             engine_hooks.STATEMENT: self._on_statement,
             engine_hooks.STATEMENT_ERROR: self._on_statement_error,
+            session_hooks.FINDING: self._event,
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -288,7 +290,7 @@ class Worker:
         engines = []
         for entry, engine in self.agent.registry.live_engines():
             engines.append(self.agent.engine_state(entry, engine, self.stats_for(entry)))
-        return {
+        message: dict[str, Any] = {
             "t": "state",
             "ts": time.time(),
             "engines": engines,
@@ -300,6 +302,15 @@ class Worker:
                 "reconnects": self.reconnects,
             },
         }
+        if self.agent.session_hooks is not None:
+            sessions, omitted = self.agent.session_summaries()
+            if sessions:
+                message["sessions"] = sessions
+            if omitted:
+                message["sessions_omitted"] = omitted
+            for event in self.agent.detached_findings():
+                self._event(event)
+        return message
 
     def _announce_engines(self) -> None:
         for entry, engine in self.agent.registry.live_engines():
@@ -342,6 +353,7 @@ class Worker:
             return False
         self.announced = {entry.id: entry.revision
                           for entry, _ in self.agent.registry.live_engines()}
+        self.agent.session_reporter.forget_sent()  # the dashboard gets every session
         if self.connections:
             self.reconnects += 1
         self.connections += 1
@@ -395,16 +407,20 @@ class Worker:
 
     def _on_control(self, message: dict[str, Any]) -> None:
         handler = self.agent.controls.get(message["action"])
+        replies: list[dict[str, Any]] = []
         if handler is None:
             status, reason = "refused", f"unknown action {message['action']!r}"
         else:
             try:
-                status, reason = handler(message.get("args") or {})
+                status, reason, *more = handler(message.get("args") or {}, message["id"])
+                replies = more[0] if more else []
             except Exception as exc:
                 status, reason = "refused", f"{type(exc).__name__}: {exc}"
         assert self.transport is not None
         self.transport.send(protocol.encode(
             {"t": "ack", "id": message["id"], "status": status, "reason": reason}))
+        for reply in replies:
+            self.transport.send(protocol.encode(reply))
 
 
 def _first(captured: list[Any]) -> str:

@@ -34,15 +34,24 @@ def _listeners(agent):
 
 
 def test_instrument_is_idempotent():
+    from sqlalchemy.orm import Session
+
+    original_close = Session.__dict__["close"]
     first = tracker.instrument(run_worker=False, url=None, app="a")
     count = len(first.agent.listeners)
     second = tracker.instrument(run_worker=False, url=None, app="ignored")
     assert second.agent is first.agent
-    assert len(first.agent.listeners) == count == 10
+    # 7 pool, 3 dialect, 6 session listeners
+    assert len(first.agent.listeners) == count == 16
+    assert Session.__dict__["close"].__wrapped__ is original_close
+    assert "__del__" in Session.__dict__
     assert first.agent.config.app == "a"
     tracker.uninstrument()
     tracker.uninstrument()
     assert not tracker.is_instrumented()
+    # the Session class is as it was
+    assert Session.__dict__["close"] is original_close
+    assert "__del__" not in Session.__dict__ and "__retort_patched__" not in Session.__dict__
 
 
 def test_uninstrument_removes_every_listener_and_wrapper(tmp_path):

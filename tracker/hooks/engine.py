@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from . import ListenerSet
 
 if TYPE_CHECKING:
+    from ..sessions import SessionRegistry
     from ..recorder import Recorder
     from ..registry import Registry
 
@@ -31,8 +32,11 @@ STATEMENT_ERROR = "statement_error"
 class EngineHooks:
     """Dialect-level execution listeners; each one only records."""
 
-    def __init__(self, registry: "Registry", recorder: "Recorder") -> None:
+    def __init__(self, registry: "Registry", recorder: "Recorder",
+                 sessions: "SessionRegistry | None" = None) -> None:
         self.registry = registry
+        #: connections of ORM sessions, to count each session's statements
+        self._by_conn = sessions.by_conn if sessions is not None else None
         self.bind(recorder)
 
     def bind(self, recorder: "Recorder") -> None:
@@ -85,6 +89,13 @@ class EngineHooks:
             entry = self.registry.engines.get(id(engine))
             if entry is None:
                 entry = self.registry.engine_entry(engine)  # an engine seen the first time
+            by_conn = self._by_conn
+            if by_conn:
+                session = by_conn.get(id(context.root_connection))
+                if session is not None:
+                    # written only by the thread using that session
+                    session.statements += 1
+                    session.last_t = perf_counter()
             item = ((STATEMENT_ERROR, entry) if failed
                     else (STATEMENT, entry, seconds, statement, executemany))
             queue = self._queue

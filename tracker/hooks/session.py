@@ -1,0 +1,309 @@
+"""Session listeners: which sessions are live, their transactions, flushes, commits
+and rollbacks, the connection each holds — and the data-loss traps.
+
+Listeners are registered on the ``Session`` class, so every session (plain,
+``sessionmaker``, ``scoped_session``, the sync session inside an ``AsyncSession``) is
+covered. A session is registered at its first transaction (``after_begin``, when it
+takes a connection): sessions that never touch the database cost nothing.
+
+Two things have no event, so the class gets two small additions while the agent is
+attached (removed by ``uninstrument()``): ``Session.close`` is wrapped, to see what a
+session still had unflushed when it was closed, and ``Session.__del__`` is defined, to
+see the same for a session garbage collected without being closed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy.orm import Session
+
+from ..locations import NONE, OFF, describe
+from ..redact import identity_text
+from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry
+from . import ListenerSet
+
+if TYPE_CHECKING:
+    from ..locations import LocationFinder
+    from ..recorder import Recorder
+    from ..registry import Registry
+    from ..sessions import SessionRegistry
+
+_get_ident = threading.get_ident
+
+FINDING = "finding"
+#: Objects named in a lost-changes finding's evidence.
+MAX_EVIDENCE = 10
+
+_PATCHED = "__retort_patched__"
+
+
+def _current_task() -> str | None:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or asyncio._get_running_loop() is None:
+        return None
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        return None
+    return task.get_name() if task is not None else None
+
+
+class SessionHooks:
+    """Class-level ``Session`` listeners; each one only updates its session's entry."""
+
+    def __init__(self, registry: "Registry", sessions: "SessionRegistry",
+                 recorder: "Recorder", finder: "LocationFinder",
+                 capture_locations: str) -> None:
+        self.registry = registry
+        self.sessions = sessions
+        self.finder = finder
+        self.capture_locations = capture_locations
+        self.recorder = recorder
+        self._original_close: Callable[..., Any] | None = None
+
+    def bind(self, recorder: "Recorder") -> None:
+        self.recorder = recorder
+
+    def install(self, listeners: ListenerSet) -> None:
+        listeners.listen(Session, "after_begin", self._after_begin)
+        listeners.listen(Session, "after_transaction_end", self._after_transaction_end)
+        listeners.listen(Session, "after_commit", self._after_commit)
+        listeners.listen(Session, "after_rollback", self._after_rollback)
+        listeners.listen(Session, "before_flush", self._before_flush)
+        listeners.listen(Session, "after_flush_postexec", self._after_flush_postexec)
+        self._patch()
+
+    def uninstall(self) -> None:
+        if Session.__dict__.get(_PATCHED):
+            if self._original_close is not None:
+                Session.close = self._original_close  # type: ignore[method-assign]
+            try:
+                del Session.__del__  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+            del Session.__retort_patched__  # type: ignore[attr-defined]
+        self._original_close = None
+
+    def _patch(self) -> None:
+        if Session.__dict__.get(_PATCHED) or "__del__" in Session.__dict__:
+            return  # another agent instance, or SQLAlchemy grew a __del__: leave it
+        original = Session.close
+        hooks = self
+
+        def close(session: Session) -> None:
+            try:
+                hooks.on_close(session)
+            except Exception as exc:  # never let the agent fail a close
+                hooks.recorder.count_error("session.close", exc)
+            return original(session)
+
+        def __del__(session: Session) -> None:
+            try:
+                hooks.on_collected(session)
+            except Exception:
+                pass  # at interpreter exit modules may be half torn down
+
+        close.__wrapped__ = original  # type: ignore[attr-defined]
+        close.__doc__ = original.__doc__
+        self._original_close = original
+        Session.close = close  # type: ignore[method-assign]
+        Session.__del__ = __del__  # type: ignore[attr-defined]
+        Session.__retort_patched__ = True  # type: ignore[attr-defined]
+
+    # -- listeners -------------------------------------------------------------------
+
+    def _entry(self, session: Session) -> SessionEntry:
+        return self.sessions.entry_for(session, _get_ident(), _current_task())
+
+    def _after_begin(self, session: Session, transaction: Any, connection: Any) -> None:
+        try:
+            entry = self._entry(session)
+            if entry.state in (IDLE, CLOSED):
+                entry.state = TRANSACTION
+                entry.txn_since = time.time()
+                entry.ended = entry.end = None
+                entry.thread_id = _get_ident()
+                entry.log("begin")
+            engine = connection.engine
+            engine_entry = (self.registry.engines.get(id(engine))
+                            or self.registry.engine_entry(engine))
+            fairy = connection._dbapi_connection
+            record = getattr(fairy, "_connection_record", None)
+            conns = dict(entry.conns)
+            conns[id(connection)] = (engine_entry.id, id(record) if record is not None else 0)
+            entry.conns = conns
+            if engine_entry.id not in entry.engines:
+                entry.engines = (*entry.engines, engine_entry.id)
+            entry.last_t = perf_counter()
+            self.sessions.by_conn[id(connection)] = entry
+            entry.rev += 1
+        except Exception as exc:
+            self.recorder.count_error("session.after_begin", exc)
+
+    def _after_transaction_end(self, session: Session, transaction: Any) -> None:
+        try:
+            if transaction.parent is not None:
+                return  # a savepoint or a subtransaction ended; the session goes on
+            entry = self.sessions.get(session)
+            if entry is None:
+                return
+            by_conn = self.sessions.by_conn
+            for key in entry.conns:
+                if by_conn.get(key) is entry:
+                    by_conn.pop(key, None)
+            entry.conns = {}
+            if entry.state != CLOSED:
+                entry.state = IDLE
+            entry.txn_since = None
+            last = entry.lifecycle[-1][1] if entry.lifecycle else None
+            if last not in ("commit", "rollback", "close"):
+                entry.log("end")  # ended without commit or rollback
+            entry.last_t = perf_counter()
+            entry.rev += 1
+        except Exception as exc:
+            self.recorder.count_error("session.after_transaction_end", exc)
+
+    def _after_commit(self, session: Session) -> None:
+        try:
+            entry = self.sessions.get(session)
+            if entry is not None:
+                entry.commits += 1
+                entry.log("commit")
+        except Exception as exc:
+            self.recorder.count_error("session.after_commit", exc)
+
+    def _after_rollback(self, session: Session) -> None:
+        try:
+            entry = self.sessions.get(session)
+            if entry is not None:
+                entry.rollbacks += 1
+                entry.log("rollback")
+        except Exception as exc:
+            self.recorder.count_error("session.after_rollback", exc)
+
+    def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
+        try:
+            entry = self._entry(session)
+            entry.state = FLUSHING
+            entry.rev += 1
+        except Exception as exc:
+            self.recorder.count_error("session.before_flush", exc)
+
+    def _after_flush_postexec(self, session: Session, flush_context: Any) -> None:
+        try:
+            entry = self.sessions.get(session)
+            if entry is None:
+                return
+            entry.flushes += 1
+            entry.state = TRANSACTION if entry.conns else IDLE
+            entry.last_t = perf_counter()
+            entry.log("flush")
+        except Exception as exc:
+            self.recorder.count_error("session.after_flush_postexec", exc)
+
+    # -- close and garbage collection --------------------------------------------------
+
+    def on_close(self, session: Session) -> None:
+        """Before ``Session.close()`` runs: report unflushed changes it will discard,
+        and hand the objects it detaches to the worker's watch."""
+        lost = _unflushed(session)
+        entry = self.sessions.get(session)
+        if lost is not None:
+            if entry is None:
+                entry = self._entry(session)
+            self._report_lost(session, entry, lost, "closed")
+        if entry is None:
+            return
+        identity_map = session.identity_map
+        if identity_map._dict:
+            already = frozenset(map(id, identity_map._modified))
+            self.sessions.closed_maps.append((entry.sid, identity_map, already))
+        entry.state = CLOSED
+        entry.txn_since = None
+        entry.ended, entry.end = time.time(), "closed"
+        entry.log("close")
+
+    def on_collected(self, session: Session) -> None:
+        """``Session.__del__``: the session is being garbage collected."""
+        lost = _unflushed(session)
+        entry = self.sessions.get(session)
+        if lost is not None:
+            if entry is None:
+                entry = self.sessions.entry_for(session, _get_ident(), None)
+            self._report_lost(session, entry, lost, "collected")
+        if entry is None:
+            return
+        if self.sessions.by_id.get(id(session)) is entry:
+            self.sessions.by_id.pop(id(session), None)
+        if entry.ended is None:
+            entry.ended, entry.end = time.time(), "collected"
+            entry.state = CLOSED
+            entry.log("collected")
+        self.sessions.ended.append(entry)
+
+    def _report_lost(self, session: Session, entry: SessionEntry,
+                     lost: tuple[int, int, int, list[str]], how: str) -> None:
+        new, dirty, deleted, objects = lost
+        parts = [f"{count} {label}" for count, label in
+                 ((new, "new"), (dirty, "modified"), (deleted, "deleted")) if count]
+        verb = "closed" if how == "closed" else "garbage collected without being closed"
+        message = (f"session {entry.sid} was {verb} with unflushed changes "
+                   f"({', '.join(parts)}): they were never written to the database")
+        stack = self.finder.capture() if self.capture_locations != OFF else NONE
+        location = describe(stack[:1])[0] if stack else ""
+        engine_id = entry.engines[-1] if entry.engines else ""
+        rule = "lost-changes-on-close" if how == "closed" else "lost-changes-on-gc"
+        evidence = {"new": new, "modified": dirty, "deleted": deleted, "objects": objects,
+                    "stack": describe(stack)}
+        self.recorder.submit((FINDING, [
+            "finding", time.time(), engine_id, rule, "error", entry.sid,
+            threading.current_thread().name, location, message, evidence]))
+
+
+def _unflushed(session: Session) -> tuple[int, int, int, list[str]] | None:
+    """(new, modified, deleted, a few objects named) if the session holds changes that
+    a flush would write; None if it holds none (the usual case: three len() calls)."""
+    new = session._new
+    deleted = session._deleted
+    identity_map = session.identity_map
+    modified = identity_map._modified
+    if not (new or deleted or modified):
+        return None
+    dirty = [state for state in list(modified) if _really_modified(state)]
+    if not (new or deleted or dirty):
+        return None
+    objects: list[str] = []
+    for state in list(new)[:MAX_EVIDENCE]:
+        objects.append(f"{state.class_.__name__} (new)")
+    for state in dirty[:MAX_EVIDENCE - len(objects)]:
+        attrs = ", ".join(sorted(state.committed_state)[:5])
+        objects.append(f"{state.class_.__name__}#{_identity(state)} ({attrs})")
+    for state in list(deleted)[:MAX_EVIDENCE - len(objects)]:
+        objects.append(f"{state.class_.__name__}#{_identity(state)} (deleted)")
+    return len(new), len(dirty), len(deleted), objects
+
+
+def _really_modified(state: Any) -> bool:
+    """Flagged modified with at least one attribute whose value differs."""
+    committed = state.committed_state
+    if not committed:
+        return False
+    current = state.dict
+    for key, old in list(committed.items()):
+        new = current.get(key, old)
+        if new is not old and not (type(new) is type(old) and type(new) in _SIMPLE
+                                   and new == old):
+            return True
+    return False
+
+
+_SIMPLE = (int, float, str, bool, bytes, type(None))
+
+
+def _identity(state: Any) -> str:
+    return identity_text(state.key[1]) if state.key is not None else "?"

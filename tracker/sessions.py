@@ -1,0 +1,333 @@
+"""Live ORM sessions: the registry the session hooks write and the worker reads.
+
+Nothing here keeps a session alive: an entry holds a weak reference to its session.
+Hooks (application threads) only touch their own session's entry; the worker builds
+summaries from the entries and from cheap reads of the session (lengths of its maps),
+and watches objects of closed sessions for modifications that will never be written.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import weakref
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Iterable
+
+from .protocol import MAX_LIFECYCLE, MAX_SESSIONS
+from .redact import identity_text
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+IDLE, TRANSACTION, FLUSHING, CLOSED = "idle", "transaction", "flushing", "closed"
+
+#: Per-class counts are recounted at most this often (seconds): small sessions…
+BY_CLASS_EVERY = 2.0
+#: …and sessions tracking more than BIG_SESSION objects (a count walks the map).
+BY_CLASS_EVERY_BIG = 10.0
+BIG_SESSION = 20_000
+#: Objects of a closed session watched for detached modifications, and for how long.
+MAX_WATCHED = 20_000
+WATCH_SECONDS = 600.0
+
+
+class SessionEntry:
+    """What the agent knows about one session. Written by the thread using the session
+    (hooks) and read by the worker; each field is replaced whole, never mutated in
+    place, except the lifecycle deque (appends are atomic)."""
+
+    __slots__ = (
+        "sid", "ref", "kind", "created", "thread_id", "thread", "task", "is_async",
+        "engines", "conns", "state", "txn_since", "last_t", "statements", "flushes",
+        "commits", "rollbacks", "lifecycle", "ended", "end", "rev", "sent",
+        "by_class", "by_class_at", "__weakref__",
+    )
+
+    def __init__(self, sid: str, session: "Session", thread_id: int,
+                 task: str | None) -> None:
+        self.sid = sid
+        self.ref = weakref.ref(session)
+        self.kind = type(session).__name__
+        self.created = time.time()
+        self.thread_id = thread_id
+        self.thread = ""
+        self.task = task
+        self.is_async = task is not None
+        #: engine ids the session used (latest last)
+        self.engines: tuple[str, ...] = ()
+        #: id(Connection) -> (engine id, id(connection record)) for its open transaction
+        self.conns: dict[int, tuple[str, int]] = {}
+        self.state = IDLE
+        self.txn_since: float | None = None
+        self.last_t: float | None = None  # perf_counter of its last activity
+        self.statements = 0
+        self.flushes = 0
+        self.commits = 0
+        self.rollbacks = 0
+        self.lifecycle: collections.deque[list[Any]] = collections.deque(maxlen=MAX_LIFECYCLE)
+        self.ended: float | None = None
+        self.end: str | None = None
+        self.rev = 0
+        self.sent: Any = None  # what the worker last sent (to send changes only)
+        self.by_class: dict[str, int] = {}
+        self.by_class_at = 0.0
+
+    def log(self, kind: str, detail: str = "") -> None:
+        self.lifecycle.append([time.time(), kind, detail])
+        self.rev += 1
+
+
+class SessionRegistry:
+    """Live sessions by ``id(session)``, and sessions' connections by ``id(Connection)``
+    (so a statement is attributed to its session)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, SessionEntry] = {}
+        self.by_conn: dict[int, SessionEntry] = {}
+        #: entries of sessions that ended (collected, or replaced by a new session that
+        #: got the same id), for the worker to report once
+        self.ended: collections.deque[SessionEntry] = collections.deque()
+        #: (sid, identity map, ids of states already modified) of closed sessions,
+        #: for the worker to start watching
+        self.closed_maps: collections.deque[tuple[str, Any, frozenset[int]]] = (
+            collections.deque(maxlen=1000))
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def new_id(self) -> str:
+        with self._lock:
+            self._next += 1
+            return f"s{self._next}"
+
+    def entry_for(self, session: "Session", thread_id: int, task: str | None) -> SessionEntry:
+        """The entry of ``session``, created on first sight."""
+        entry = self.by_id.get(id(session))
+        if entry is not None and entry.ref() is session:
+            return entry
+        if entry is not None:
+            self.ended.append(entry)  # a dead session whose id was reused
+        entry = SessionEntry(self.new_id(), session, thread_id, task)
+        self.by_id[id(session)] = entry
+        return entry
+
+    def get(self, session: "Session") -> SessionEntry | None:
+        entry = self.by_id.get(id(session))
+        return entry if entry is not None and entry.ref() is session else None
+
+    def find(self, sid: str) -> SessionEntry | None:
+        for entry in list(self.by_id.values()):
+            if entry.sid == sid:
+                return entry
+        return None
+
+    def clear(self) -> None:
+        self.by_id.clear()
+        self.by_conn.clear()
+        self.ended.clear()
+        self.closed_maps.clear()
+
+
+class SessionReporter:
+    """Worker side: summaries of changed sessions for state frames, and the watch for
+    objects modified after their session closed."""
+
+    def __init__(self, registry: SessionRegistry) -> None:
+        self.registry = registry
+        #: (sid, weakref to InstanceState, deadline) of objects of closed sessions
+        self.watched: collections.deque[tuple[str, Any, float]] = collections.deque()
+
+    def forget_sent(self) -> None:
+        """A new dashboard connection: every live session is sent again."""
+        for entry in list(self.registry.by_id.values()):
+            entry.sent = None
+
+    def summaries(self, locate: Any = None) -> tuple[list[dict[str, Any]], int]:
+        """Summaries of the sessions that changed since last sent (ended ones once
+        more, with ``ended``), oldest open transaction first; and how many changed
+        sessions were left out because of MAX_SESSIONS."""
+        registry = self.registry
+        now_perf, now_wall = perf_counter(), time.time()
+        out: list[tuple[float, dict[str, Any], SessionEntry]] = []
+        for key, entry in list(registry.by_id.items()):
+            session = entry.ref()
+            if session is None:
+                # collected without our __del__ hook seeing it (should not happen)
+                if registry.by_id.get(key) is entry:
+                    registry.by_id.pop(key, None)
+                _mark_ended(entry, "collected")
+                registry.ended.append(entry)
+                continue
+            summary = self.summary(entry, session, now_perf, now_wall, locate)
+            if summary is not None:
+                out.append((entry.txn_since or now_wall + 1, summary, entry))
+        while registry.ended:
+            entry = registry.ended.popleft()
+            _drop_conns(registry, entry)
+            summary = self.summary(entry, None, now_perf, now_wall, locate)
+            if summary is not None:
+                out.append((entry.txn_since or now_wall + 1, summary, entry))
+        out.sort(key=lambda item: item[0])
+        sent = out[:MAX_SESSIONS]
+        for _, summary, entry in sent:
+            entry.sent = _fingerprint(summary)
+        return [summary for _, summary, _ in sent], max(0, len(out) - MAX_SESSIONS)
+
+    def summary(self, entry: SessionEntry, session: "Session | None", now_perf: float,
+                now_wall: float, locate: Any = None,
+                force: bool = False) -> dict[str, Any] | None:
+        """One session's summary; None if nothing changed since it was last sent."""
+        counts = _counts(session) if session is not None else (0, 0, 0, 0)
+        if session is not None:
+            autoflush, expire = bool(session.autoflush), bool(session.expire_on_commit)
+            if counts[0] and (now_wall - entry.by_class_at >= (
+                    BY_CLASS_EVERY if counts[0] <= BIG_SESSION else BY_CLASS_EVERY_BIG)):
+                entry.by_class = _by_class(session)
+                entry.by_class_at = now_wall
+            elif not counts[0]:
+                entry.by_class = {}
+        else:
+            autoflush = expire = True
+            entry.by_class = {}
+        if not entry.thread:
+            entry.thread = _thread_name(entry.thread_id)
+        last = (now_wall - (now_perf - entry.last_t)) if entry.last_t is not None else None
+        summary: dict[str, Any] = {
+            "id": entry.sid,
+            "kind": entry.kind,
+            "async": entry.is_async,
+            "created": entry.created,
+            "thread": entry.thread,
+            "thread_id": entry.thread_id,
+            "task": entry.task,
+            "engines": list(entry.engines),
+            "state": entry.state,
+            "txn_since": entry.txn_since,
+            "last_activity": last,
+            "autoflush": autoflush,
+            "expire_on_commit": expire,
+            "objects": counts[0],
+            "by_class": dict(entry.by_class),
+            "new": counts[1],
+            "dirty": counts[2],
+            "deleted": counts[3],
+            "connections": [engine_id for engine_id, _ in list(entry.conns.values())],
+            "statements": entry.statements,
+            "flushes": entry.flushes,
+            "commits": entry.commits,
+            "rollbacks": entry.rollbacks,
+            "lifecycle": [list(item) for item in list(entry.lifecycle)],
+            "ended": entry.ended,
+            "end": entry.end,
+        }
+        if locate is not None and entry.conns:
+            found = locate(entry)
+            if found is not None:
+                stack, sampled = found
+                if stack:
+                    summary["location"], summary["stack"] = stack[0], stack
+                    if sampled:
+                        summary["sampled"] = True
+        if not force and entry.sent == _fingerprint(summary):
+            return None
+        return summary
+
+    # -- detached modifications ------------------------------------------------------
+
+    def watch_closed(self, now: float) -> None:
+        """Start watching the objects of sessions closed since the last round."""
+        closed = self.registry.closed_maps
+        while closed:
+            sid, identity_map, already = closed.popleft()
+            try:
+                states = list(identity_map._dict.values())
+            except RuntimeError:
+                continue
+            for state in states:
+                if id(state) in already:
+                    continue
+                self.watched.append((sid, weakref.ref(state), now + WATCH_SECONDS))
+            while len(self.watched) > MAX_WATCHED:
+                self.watched.popleft()
+
+    def detached_changes(self, now: float) -> list[tuple[str, str, str, list[str]]]:
+        """(sid, class, identity, attributes) of watched objects modified while
+        detached; those and the expired, collected or re-attached ones stop being
+        watched."""
+        found = []
+        keep: collections.deque[tuple[str, Any, float]] = collections.deque()
+        for sid, ref, deadline in self.watched:
+            state = ref()
+            if state is None or deadline < now or state.session_id is not None:
+                continue
+            if state.modified:
+                obj = state.obj()
+                name = type(obj).__name__ if obj is not None else state.class_.__name__
+                found.append((sid, name, identity_text(state.key[1] if state.key else None),
+                              sorted(state.committed_state)))
+                continue
+            keep.append((sid, ref, deadline))
+        self.watched = keep
+        return found
+
+
+def _counts(session: "Session") -> tuple[int, int, int, int]:
+    """objects, new, dirty (flagged modified), deleted — lengths only: atomic reads."""
+    identity_map = session.identity_map
+    return (len(identity_map._dict), len(session._new), len(identity_map._modified),
+            len(session._deleted))
+
+
+def _by_class(session: "Session") -> dict[str, int]:
+    """Objects per mapped class, from the identity keys (no object is touched)."""
+    counts: dict[str, int] = {}
+    for _ in range(3):
+        try:
+            keys = list(session.identity_map._dict)
+            break
+        except RuntimeError:  # the application changed the map while we copied it
+            continue
+    else:
+        return {}
+    for key in keys:
+        name = key[0].__name__
+        counts[name] = counts.get(name, 0) + 1
+    for state in list(session._new):
+        name = state.class_.__name__
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _fingerprint(summary: dict[str, Any]) -> tuple[Any, ...]:
+    # last_activity moves with every statement, which statements already shows
+    return tuple(value if not isinstance(value, (list, dict)) else repr(value)
+                 for key, value in summary.items() if key != "last_activity")
+
+
+def _mark_ended(entry: SessionEntry, how: str) -> None:
+    if entry.ended is None:
+        entry.ended = time.time()
+        entry.end = how
+        entry.state = CLOSED
+        entry.log(how)
+
+
+def _drop_conns(registry: SessionRegistry, entry: SessionEntry) -> None:
+    for key in list(entry.conns):
+        if registry.by_conn.get(key) is entry:
+            registry.by_conn.pop(key, None)
+    entry.conns = {}
+
+
+def _thread_name(tid: int) -> str:
+    thread = threading._active.get(tid)  # type: ignore[attr-defined]
+    return thread.name if thread is not None else f"thread {tid}"
+
+
+def live_entries(registry: SessionRegistry) -> Iterable[tuple[SessionEntry, Any]]:
+    """(entry, session) for sessions alive now."""
+    for entry in list(registry.by_id.values()):
+        session = entry.ref()
+        if session is not None:
+            yield entry, session
