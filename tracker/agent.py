@@ -235,10 +235,10 @@ class Agent:
                     return describe(sampled), True
         return None
 
-    def detached_findings(self) -> list[list[Any]]:
+    def detached_findings(self, now: float | None = None) -> list[list[Any]]:
         """Finding events for objects modified after their session closed (a change
         that will never be written unless merged into a session). Worker thread."""
-        now = time.time()
+        now = time.time() if now is None else now
         reporter = self.session_reporter
         reporter.watch_closed(now)
         events = []

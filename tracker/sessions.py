@@ -31,6 +31,9 @@ BIG_SESSION = 20_000
 #: Objects of a closed session watched for detached modifications, and for how long.
 MAX_WATCHED = 20_000
 WATCH_SECONDS = 600.0
+#: A detached object seen modified is reported if it is still not merged into a
+#: session this many seconds later.
+DETACHED_GRACE = 1.0
 
 
 class SessionEntry:
@@ -93,6 +96,9 @@ class SessionRegistry:
         #: for the worker to start watching
         self.closed_maps: collections.deque[tuple[str, Any, frozenset[int]]] = (
             collections.deque(maxlen=1000))
+        #: states of objects passed to Session.merge(): their detached changes are
+        #: written by the session they were merged into
+        self.merged: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._next = 0
         self._lock = threading.Lock()
 
@@ -127,6 +133,7 @@ class SessionRegistry:
         self.by_conn.clear()
         self.ended.clear()
         self.closed_maps.clear()
+        self.merged.clear()
 
 
 class SessionReporter:
@@ -137,6 +144,8 @@ class SessionReporter:
         self.registry = registry
         #: (sid, weakref to InstanceState, deadline) of objects of closed sessions
         self.watched: collections.deque[tuple[str, Any, float]] = collections.deque()
+        #: watched object -> when it was first seen modified
+        self.modified_since: dict[Any, float] = {}
 
     def forget_sent(self) -> None:
         """A new dashboard connection: every live session is sent again."""
@@ -253,15 +262,24 @@ class SessionReporter:
 
     def detached_changes(self, now: float) -> list[tuple[str, str, str, list[str]]]:
         """(sid, class, identity, attributes) of watched objects modified while
-        detached; those and the expired, collected or re-attached ones stop being
-        watched."""
+        detached and still not merged after DETACHED_GRACE seconds (a modify-then-merge
+        is the correct way, not a finding); those and the expired, collected,
+        re-attached or merged ones stop being watched."""
         found = []
+        merged = self.registry.merged
         keep: collections.deque[tuple[str, Any, float]] = collections.deque()
         for sid, ref, deadline in self.watched:
             state = ref()
             if state is None or deadline < now or state.session_id is not None:
                 continue
+            if state in merged:
+                continue
             if state.modified:
+                seen = self.modified_since.setdefault(ref, now)
+                if now - seen < DETACHED_GRACE:
+                    keep.append((sid, ref, deadline))
+                    continue
+                self.modified_since.pop(ref, None)
                 obj = state.obj()
                 name = type(obj).__name__ if obj is not None else state.class_.__name__
                 found.append((sid, name, identity_text(state.key[1] if state.key else None),
@@ -269,6 +287,9 @@ class SessionReporter:
                 continue
             keep.append((sid, ref, deadline))
         self.watched = keep
+        live = {ref for _, ref, _ in keep}
+        for ref in [ref for ref in self.modified_since if ref not in live]:
+            del self.modified_since[ref]
         return found
 
 

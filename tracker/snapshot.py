@@ -76,7 +76,9 @@ def take(session: "Session", redactor: Redactor, wanted: Filter) -> dict[str, An
             kind = "deleted" if id(state) in deleted_ids else _state_name(state)
             if wanted.state is not None and kind != wanted.state:
                 continue
-            is_modified = state in modified or bool(state.modified)
+            # new objects are flagged modified by SQLAlchemy too: "modified" here means
+            # a persistent object with changes (what EF Core calls Modified)
+            is_modified = kind == "persistent" and (state in modified or bool(state.modified))
             if wanted.modified is not None and is_modified != wanted.modified:
                 continue
             if wanted.offset <= total < stop:

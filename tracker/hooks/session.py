@@ -8,8 +8,10 @@ takes a connection): sessions that never touch the database cost nothing.
 
 Two things have no event, so the class gets two small additions while the agent is
 attached (removed by ``uninstrument()``): ``Session.close`` is wrapped, to see what a
-session still had unflushed when it was closed, and ``Session.__del__`` is defined, to
-see the same for a session garbage collected without being closed.
+session still had unflushed when it was closed; ``Session.__del__`` is defined, to
+see the same for a session garbage collected without being closed; and
+``Session.merge`` is wrapped, to know that a detached object modified after its session
+closed was merged into another one (so its change is written after all).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class SessionHooks:
         self.capture_locations = capture_locations
         self.recorder = recorder
         self._original_close: Callable[..., Any] | None = None
+        self._original_merge: Callable[..., Any] | None = None
 
     def bind(self, recorder: "Recorder") -> None:
         self.recorder = recorder
@@ -82,12 +85,14 @@ class SessionHooks:
         if Session.__dict__.get(_PATCHED):
             if self._original_close is not None:
                 Session.close = self._original_close  # type: ignore[method-assign]
+            if self._original_merge is not None:
+                Session.merge = self._original_merge  # type: ignore[method-assign]
             try:
                 del Session.__del__  # type: ignore[attr-defined]
             except AttributeError:
                 pass
             del Session.__retort_patched__  # type: ignore[attr-defined]
-        self._original_close = None
+        self._original_close = self._original_merge = None
 
     def _patch(self) -> None:
         if Session.__dict__.get(_PATCHED) or "__del__" in Session.__dict__:
@@ -108,10 +113,23 @@ class SessionHooks:
             except Exception:
                 pass  # at interpreter exit modules may be half torn down
 
+        original_merge = Session.merge
+
+        def merge(session: Session, instance: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                hooks.sessions.merged.add(instance._sa_instance_state)
+            except Exception:
+                pass  # not a mapped object: SQLAlchemy raises its own error below
+            return original_merge(session, instance, *args, **kwargs)
+
         close.__wrapped__ = original  # type: ignore[attr-defined]
         close.__doc__ = original.__doc__
+        merge.__wrapped__ = original_merge  # type: ignore[attr-defined]
+        merge.__doc__ = original_merge.__doc__
         self._original_close = original
+        self._original_merge = original_merge
         Session.close = close  # type: ignore[method-assign]
+        Session.merge = merge  # type: ignore[method-assign]
         Session.__del__ = __del__  # type: ignore[attr-defined]
         Session.__retort_patched__ = True  # type: ignore[attr-defined]
 
@@ -231,7 +249,11 @@ class SessionHooks:
     def on_collected(self, session: Session) -> None:
         """``Session.__del__``: the session is being garbage collected."""
         lost = _unflushed(session)
-        entry = self.sessions.get(session)
+        entry = self.sessions.by_id.get(id(session))
+        # a session collected as part of a reference cycle has its weak references
+        # cleared before __del__ runs: a dead entry under its id is this session's
+        if entry is not None and entry.ref() not in (None, session):
+            entry = None
         if lost is not None:
             if entry is None:
                 entry = self.sessions.entry_for(session, _get_ident(), None)
