@@ -9,6 +9,7 @@ and watches objects of closed sessions for modifications that will never be writ
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 import time
 import weakref
@@ -38,48 +39,54 @@ DETACHED_GRACE = 1.0
 
 class SessionEntry:
     """What the agent knows about one session. Written by the thread using the session
-    (hooks) and read by the worker; each field is replaced whole, never mutated in
-    place, except the lifecycle deque (appends are atomic)."""
+    (hooks) and read by the worker; fields are replaced whole or changed with single
+    atomic operations (dict item, deque append).
 
-    __slots__ = (
-        "sid", "ref", "kind", "created", "thread_id", "thread", "task", "is_async",
-        "engines", "conns", "state", "txn_since", "last_t", "statements", "flushes",
-        "commits", "rollbacks", "lifecycle", "ended", "end", "rev", "sent",
-        "by_class", "by_class_at", "__weakref__",
-    )
+    Created for every session that begins a transaction, on the application's thread:
+    so only what differs between sessions is set here; the rest are class defaults.
+    """
 
-    def __init__(self, sid: str, session: "Session", thread_id: int,
+    thread = ""
+    task: str | None = None
+    is_async = False
+    engines: tuple[str, ...] = ()   # engine ids the session used (latest last)
+    state = IDLE
+    txn_since: float | None = None
+    last_t: float | None = None     # perf_counter of its last activity
+    statements = 0
+    flushes = 0
+    commits = 0
+    rollbacks = 0
+    ended: float | None = None
+    end: str | None = None
+    sent: Any = None                # what the worker last sent (to send changes only)
+    noteworthy = False              # it has a finding: shown even if it never was live
+    by_class: dict[str, int] = {}   # replaced, never mutated
+    by_class_at = 0.0
+
+    def __init__(self, number: int, session: "Session", thread_id: int,
                  task: str | None) -> None:
-        self.sid = sid
+        self.number = number
         self.ref = weakref.ref(session)
         self.kind = type(session).__name__
         self.created = time.time()
         self.thread_id = thread_id
-        self.thread = ""
-        self.task = task
-        self.is_async = task is not None
-        #: engine ids the session used (latest last)
-        self.engines: tuple[str, ...] = ()
+        if task is not None:
+            self.task, self.is_async = task, True
         #: id(Connection) -> (engine id, id(connection record)) for its open transaction
         self.conns: dict[int, tuple[str, int]] = {}
-        self.state = IDLE
-        self.txn_since: float | None = None
-        self.last_t: float | None = None  # perf_counter of its last activity
-        self.statements = 0
-        self.flushes = 0
-        self.commits = 0
-        self.rollbacks = 0
-        self.lifecycle: collections.deque[list[Any]] = collections.deque(maxlen=MAX_LIFECYCLE)
-        self.ended: float | None = None
-        self.end: str | None = None
-        self.rev = 0
-        self.sent: Any = None  # what the worker last sent (to send changes only)
-        self.by_class: dict[str, int] = {}
-        self.by_class_at = 0.0
+        #: (time, kind) oldest first; trimmed to MAX_LIFECYCLE by the worker
+        self.lifecycle: list[tuple[float, str]] = []
 
-    def log(self, kind: str, detail: str = "") -> None:
-        self.lifecycle.append([time.time(), kind, detail])
-        self.rev += 1
+    @property
+    def sid(self) -> str:
+        return f"s{self.number}"
+
+    def log(self, kind: str) -> None:
+        lifecycle = self.lifecycle
+        lifecycle.append((time.time(), kind))
+        if len(lifecycle) > 4 * MAX_LIFECYCLE:  # bounded even if nobody reads it
+            del lifecycle[:-MAX_LIFECYCLE]
 
 
 class SessionRegistry:
@@ -91,7 +98,7 @@ class SessionRegistry:
         self.by_conn: dict[int, SessionEntry] = {}
         #: entries of sessions that ended (collected, or replaced by a new session that
         #: got the same id), for the worker to report once
-        self.ended: collections.deque[SessionEntry] = collections.deque()
+        self.ended: collections.deque[SessionEntry] = collections.deque(maxlen=10_000)
         #: (sid, identity map, ids of states already modified) of closed sessions,
         #: for the worker to start watching
         self.closed_maps: collections.deque[tuple[str, Any, frozenset[int]]] = (
@@ -99,13 +106,7 @@ class SessionRegistry:
         #: states of objects passed to Session.merge(): their detached changes are
         #: written by the session they were merged into
         self.merged: "weakref.WeakSet[Any]" = weakref.WeakSet()
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def new_id(self) -> str:
-        with self._lock:
-            self._next += 1
-            return f"s{self._next}"
+        self._numbers = itertools.count(1)  # next() on a count is atomic
 
     def entry_for(self, session: "Session", thread_id: int, task: str | None) -> SessionEntry:
         """The entry of ``session``, created on first sight."""
@@ -114,7 +115,7 @@ class SessionRegistry:
             return entry
         if entry is not None:
             self.ended.append(entry)  # a dead session whose id was reused
-        entry = SessionEntry(self.new_id(), session, thread_id, task)
+        entry = SessionEntry(next(self._numbers), session, thread_id, task)
         self.by_id[id(session)] = entry
         return entry
 
@@ -174,6 +175,8 @@ class SessionReporter:
         while registry.ended:
             entry = registry.ended.popleft()
             _drop_conns(registry, entry)
+            if entry.sent is None and not entry.noteworthy:
+                continue  # began and ended between two state frames: never shown live
             summary = self.summary(entry, None, now_perf, now_wall, locate)
             if summary is not None:
                 out.append((entry.txn_since or now_wall + 1, summary, entry))
@@ -226,7 +229,7 @@ class SessionReporter:
             "flushes": entry.flushes,
             "commits": entry.commits,
             "rollbacks": entry.rollbacks,
-            "lifecycle": [list(item) for item in list(entry.lifecycle)],
+            "lifecycle": [[ts, kind, ""] for ts, kind in _trimmed(entry)],
             "ended": entry.ended,
             "end": entry.end,
         }
@@ -291,6 +294,16 @@ class SessionReporter:
         for ref in [ref for ref in self.modified_since if ref not in live]:
             del self.modified_since[ref]
         return found
+
+
+def _trimmed(entry: SessionEntry) -> list[tuple[float, str]]:
+    """The entry's lifecycle, cut to its last MAX_LIFECYCLE items (worker side: the
+    hooks only append)."""
+    lifecycle = entry.lifecycle
+    excess = len(lifecycle) - MAX_LIFECYCLE
+    if excess > 0:
+        del lifecycle[:excess]
+    return list(lifecycle)
 
 
 def _counts(session: "Session") -> tuple[int, int, int, int]:

@@ -16,8 +16,9 @@ closed was merged into another one (so its change is written after all).
 
 from __future__ import annotations
 
-import sys
+import asyncio
 import threading
+from asyncio import _get_running_loop  # a C function: cheap in a thread with no loop
 import time
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
@@ -42,11 +43,12 @@ FINDING = "finding"
 MAX_EVIDENCE = 10
 
 _PATCHED = "__retort_patched__"
+_NOTHING: frozenset[int] = frozenset()
 
 
 def _current_task() -> str | None:
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None or asyncio._get_running_loop() is None:
+    """The running asyncio task's name, if this thread runs an event loop."""
+    if _get_running_loop() is None:
         return None
     try:
         task = asyncio.current_task()
@@ -150,16 +152,12 @@ class SessionHooks:
             engine = connection.engine
             engine_entry = (self.registry.engines.get(id(engine))
                             or self.registry.engine_entry(engine))
-            fairy = connection._dbapi_connection
-            record = getattr(fairy, "_connection_record", None)
-            conns = dict(entry.conns)
-            conns[id(connection)] = (engine_entry.id, id(record) if record is not None else 0)
-            entry.conns = conns
+            record = getattr(connection._dbapi_connection, "_connection_record", None)
+            entry.conns[id(connection)] = (engine_entry.id, id(record))
             if engine_entry.id not in entry.engines:
                 entry.engines = (*entry.engines, engine_entry.id)
             entry.last_t = perf_counter()
             self.sessions.by_conn[id(connection)] = entry
-            entry.rev += 1
         except Exception as exc:
             self.recorder.count_error("session.after_begin", exc)
 
@@ -170,19 +168,19 @@ class SessionHooks:
             entry = self.sessions.get(session)
             if entry is None:
                 return
-            by_conn = self.sessions.by_conn
-            for key in entry.conns:
-                if by_conn.get(key) is entry:
-                    by_conn.pop(key, None)
-            entry.conns = {}
+            conns = entry.conns
+            if conns:
+                by_conn = self.sessions.by_conn
+                for key in list(conns):
+                    if by_conn.get(key) is entry:
+                        del by_conn[key]
+                entry.conns = {}
             if entry.state != CLOSED:
                 entry.state = IDLE
+                lifecycle = entry.lifecycle
+                if not lifecycle or lifecycle[-1][1] not in ("commit", "rollback"):
+                    entry.log("end")  # ended without commit or rollback
             entry.txn_since = None
-            last = entry.lifecycle[-1][1] if entry.lifecycle else None
-            if last not in ("commit", "rollback", "close"):
-                entry.log("end")  # ended without commit or rollback
-            entry.last_t = perf_counter()
-            entry.rev += 1
         except Exception as exc:
             self.recorder.count_error("session.after_transaction_end", exc)
 
@@ -208,7 +206,6 @@ class SessionHooks:
         try:
             entry = self._entry(session)
             entry.state = FLUSHING
-            entry.rev += 1
         except Exception as exc:
             self.recorder.count_error("session.before_flush", exc)
 
@@ -239,7 +236,8 @@ class SessionHooks:
             return
         identity_map = session.identity_map
         if identity_map._dict:
-            already = frozenset(map(id, identity_map._modified))
+            modified = identity_map._modified
+            already = frozenset(map(id, modified)) if modified else _NOTHING
             self.sessions.closed_maps.append((entry.sid, identity_map, already))
         entry.state = CLOSED
         entry.txn_since = None
@@ -271,6 +269,7 @@ class SessionHooks:
     def _report_lost(self, session: Session, entry: SessionEntry,
                      lost: tuple[int, int, int, list[str]], how: str) -> None:
         new, dirty, deleted, objects = lost
+        entry.noteworthy = True
         parts = [f"{count} {label}" for count, label in
                  ((new, "new"), (dirty, "modified"), (deleted, "deleted")) if count]
         verb = "closed" if how == "closed" else "garbage collected without being closed"
