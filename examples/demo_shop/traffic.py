@@ -48,7 +48,13 @@ WEB_MIX: dict[str, int] = {
     "view_customer_orders": 25,
     "place_order": 20,
     "restock_product": 10,
+    "update_customer_city": 3,
 }
+#: One in this many customer updates hits the bug that returns before the commit.
+FORGOTTEN_COMMIT_EVERY = 4
+#: The price editor's rounds: how often, and how long its changes stay unflushed.
+PRICE_EDIT_INTERVAL = (6.0, 12.0)
+PRICE_EDIT_HOLD = (5.0, 9.0)
 LOW_STOCK = 25
 
 
@@ -198,6 +204,49 @@ def restock_product(shop: Shop, rng: random.Random) -> None:
     log.debug("restocked %s with %d", product.sku, delivered)
 
 
+def update_customer_city(shop: Shop, rng: random.Random) -> None:
+    """A profile update with a bug: when the "address check" fails, it returns early,
+    and the session closes with the change unflushed: it is silently lost (the agent
+    reports it as a lost-changes-on-close finding)."""
+    customer_id = rng.choice(shop.catalogue.customer_ids)
+    with shop.Session() as session:
+        customer = session.get(Customer, customer_id)
+        if customer is None:
+            return
+        customer.city = rng.choice(CITIES)
+        if rng.randrange(FORGOTTEN_COMMIT_EVERY) == 0:
+            shop.stats.bump("lost_updates")
+            return  # the bug: no commit on this path
+        session.commit()
+
+
+def price_editor(shop: Shop, rng: random.Random) -> None:
+    """A back-office user editing prices: one long-lived session whose changes (a few
+    prices, one new product draft, one product withdrawn) stay pending for seconds
+    before being saved — what the session page's pending changes show live."""
+    with shop.Session() as session:
+        while not shop.stop.is_set():
+            products = session.scalars(select(Product).order_by(func.random()).limit(20)).all()
+            for product in products[:3]:
+                product.price_cents = max(99, product.price_cents + rng.choice((-50, 50, 100)))
+            draft = Product(sku=f"DRAFT-{rng.randrange(10**9)}", name="Draft product",
+                            category="drafts", price_cents=1999, stock=0)
+            session.add(draft)
+            withdrawn = next((p for p in products[3:] if p.category == "drafts"), None)
+            if withdrawn is not None:
+                session.delete(withdrawn)
+            if shop.pause(rng.uniform(*PRICE_EDIT_HOLD)):
+                session.rollback()
+                return
+            session.commit()
+            shop.stats.bump("price_edits")
+            if shop.pause(rng.uniform(*PRICE_EDIT_INTERVAL)):
+                return
+
+
+CITIES = ("Lyon", "Porto", "Ghent", "Graz", "Turku", "Bergen", "Split", "Cork")
+
+
 def nightly_report(shop: Shop, rng: random.Random) -> None:
     """The slow report: aggregates over the last 24 hours, then keeps its transaction
     and connection open for seconds while it "renders" — the kind of long holder that
@@ -311,6 +360,7 @@ _REQUESTS: dict[str, Request] = {
     "view_customer_orders": view_customer_orders,
     "place_order": place_order,
     "restock_product": restock_product,
+    "update_customer_city": update_customer_city,
 }
 
 
@@ -361,6 +411,8 @@ class Traffic:
             self.threads.append(self._spawn(name, web_worker, self.shop, self.rng(name)))
         self.threads.append(self._spawn("report-1", report_worker, self.shop,
                                         self.rng("report-1")))
+        self.threads.append(self._spawn("price-editor", run_request, self.shop,
+                                        price_editor, self.rng("price-editor")))
         self.threads.append(self._spawn("burst-scheduler", self._burst_scheduler,
                                         self.rng("burst-scheduler")))
 

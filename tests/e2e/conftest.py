@@ -91,11 +91,13 @@ class Dashboard:
 
 
 class App:
-    """tests/e2e/holder_app.py in its own process, driven line by line."""
+    """An app of tests/e2e (holder_app.py by default) in its own process, driven line
+    by line."""
 
-    def __init__(self, db: Path, env: dict[str, str]) -> None:
+    def __init__(self, db: Path | str, env: dict[str, str],
+                 script: str = "holder_app.py") -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "e2e" / "holder_app.py"), str(db)],
+            [sys.executable, str(ROOT / "tests" / "e2e" / script), str(db)],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         assert self.readline() == "ready"
@@ -137,10 +139,11 @@ def dashboard(tmp_path_factory):
 def start_app(dashboard, tmp_path):
     apps: list[App] = []
 
-    def start(token: str | None = None, app_name: str = "e2e-app") -> App:
+    def start(token: str | None = None, app_name: str = "e2e-app",
+              script: str = "holder_app.py", db: str | None = None) -> App:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RETORT_URL": dashboard.agent_url,
                "RETORT_TOKEN": token or dashboard.token, "RETORT_APP": app_name}
-        app = App(tmp_path / f"app{len(apps)}.sqlite3", env)
+        app = App(db or tmp_path / f"app{len(apps)}.sqlite3", env, script)
         apps.append(app)
         return app
 

@@ -40,7 +40,9 @@ def do_work(engine: sa.Engine, count: int) -> float:
 
 def main() -> None:
     engine = sa.create_engine(f"sqlite:///{sys.argv[1]}", pool_size=5, max_overflow=0)
-    tracker.instrument(state_interval=0.2, backoff_initial=0.2, backoff_max=1.0)
+    # every checkout located: the test checks the holders' code lines
+    tracker.instrument(state_interval=0.2, backoff_initial=0.2, backoff_max=1.0,
+                       capture_locations="always")
     with engine.connect():
         pass  # the engine shows up with its pool at once
     print("ready", flush=True)
