@@ -28,6 +28,21 @@ DEFAULTS: dict[str, Any] = {
     "RECENT_PROCESS_SECONDS": 60 * 60,
     # discrete pool events (timeouts, invalidations) kept per engine
     "EVENTS_PER_ENGINE": 200,
+    # seconds an ended ORM session (and its snapshots) stays viewable after it ended
+    "RECENT_SESSION_SECONDS": 15 * 60,
+    # seconds without activity after which a session in a transaction is flagged
+    # "idle in transaction" (it holds a connection and does nothing with it)
+    "IDLE_IN_TRANSACTION_SECONDS": 5.0,
+    # findings kept per process (the newest)
+    "FINDINGS_PER_PROCESS": 1000,
+    # seconds between snapshot requests while someone views a live session
+    "SNAPSHOT_SECONDS": 1.0,
+    # snapshots (one per filter and page viewed) kept per session, the newest
+    "SNAPSHOTS_PER_SESSION": 10,
+    # rows per page: sessions on the sessions page, objects on a session page (the
+    # latter at most tracker.protocol.MAX_SNAPSHOT_ENTITIES)
+    "SESSIONS_PER_PAGE": 100,
+    "ENTITIES_PER_PAGE": 100,
 }
 
 

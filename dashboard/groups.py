@@ -1,9 +1,28 @@
-"""Channel-layer group names and the one message type sent to them."""
+"""Channel-layer group names and the messages sent to them."""
 
 OVERVIEW = "overview"
-#: the only message sent to live groups: "something you show changed"
+#: sent to live groups: "something you show changed"
 CHANGED = "live.changed"
+#: sent to a process group: a ``control`` frame for that process's agent
+#: (``{"type": CONTROL, "id": ..., "action": ..., "args": {...}}``)
+CONTROL = "agent.control"
 
 
 def engine(pk: int) -> str:
+    """Open engine pages of engine ``pk``."""
     return f"engine-{pk}"
+
+
+def process(pk: int) -> str:
+    """The agent connection(s) of process ``pk``: where control messages go."""
+    return f"process-{pk}"
+
+
+def app_sessions(pk: int) -> str:
+    """Open sessions pages of app ``pk``."""
+    return f"app-sessions-{pk}"
+
+
+def session(pk: int) -> str:
+    """Open pages of tracked session ``pk``."""
+    return f"session-{pk}"

@@ -4,6 +4,7 @@ frame is stored whole or not at all."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone as dt_timezone
 from typing import Any
 
@@ -12,12 +13,21 @@ from django.utils import timezone
 
 from tracker.protocol import event_dict
 
-from . import conf
-from .models import AgentToken, Engine, PoolEvent, PoolSample, Process
+from . import conf, session_ingest
+from .models import AgentToken, Engine, Finding, PoolEvent, PoolSample, Process
 
 
 def _when(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=dt_timezone.utc)
+
+
+@dataclass
+class Stored:
+    """What a stored frame changed, for the consumer to tell the pages showing it."""
+
+    engines: list[int] = field(default_factory=list)
+    sessions: list[int] = field(default_factory=list)
+    findings: int = 0
 
 
 @transaction.atomic
@@ -42,6 +52,10 @@ def register_process(token: AgentToken, hello: dict[str, Any]) -> Process:
     process.save()
     for engine in hello["engines"]:
         upsert_engine(process, engine)
+    # sessions still live from a connection whose end we never saw (the dashboard
+    # restarted): ended until the agent reports them again (it sends every live
+    # session on a new connection)
+    session_ingest.end_sessions(process.pk, now)
     return process
 
 
@@ -78,8 +92,8 @@ class StateIngest:
         self.last_prune: datetime | None = None
 
     @transaction.atomic
-    def store(self, message: dict[str, Any]) -> list[int]:
-        """Store one state frame; returns the pks of the engines it updated."""
+    def store(self, message: dict[str, Any]) -> Stored:
+        """Store one state frame (engines, then sessions); returns what it updated."""
         now = timezone.now()
         process = Process.objects.select_for_update().get(pk=self.process_id)
         agent = message["agent"]
@@ -89,8 +103,11 @@ class StateIngest:
         process.events_dropped = sum(agent["drops"].values())
         process.agent_errors = agent["errors"]
         process.queue = agent["queue"]
+        process.clock_offset = (now - _when(message["ts"])).total_seconds()
+        process.sessions_omitted = message.get("sessions_omitted") or 0
         process.save(update_fields=["last_seen", "connected", "drops", "events_dropped",
-                                    "agent_errors", "queue"])
+                                    "agent_errors", "queue", "clock_offset",
+                                    "sessions_omitted"])
         sample_every = timedelta(seconds=conf.get("POOL_SAMPLE_SECONDS"))
         updated = []
         for state in message["engines"]:
@@ -110,13 +127,16 @@ class StateIngest:
                     capacity=gauges.get("capacity"), waiting=gauges["waiting"],
                 )
                 self.last_sample[pk] = now
+        sessions = session_ingest.store_sessions(self.process_id,
+                                                 message.get("sessions") or (), now)
         if self.last_prune is None or now - self.last_prune > timedelta(seconds=30):
             self.prune(now)
-        return updated
+        return Stored(engines=updated, sessions=sessions)
 
     def prune(self, now: datetime) -> None:
         cutoff = now - timedelta(seconds=conf.get("POOL_HISTORY_SECONDS"))
         PoolSample.objects.filter(engine__process_id=self.process_id, at__lt=cutoff).delete()
+        session_ingest.prune_sessions(now)
         self.last_prune = now
 
     def _engine_pk(self, key: str) -> int | None:
@@ -132,12 +152,19 @@ class StateIngest:
         self.engine_pks.pop(key, None)
 
     @transaction.atomic
-    def store_events(self, message: dict[str, Any]) -> list[int]:
-        """Store pool events, keeping the newest EVENTS_PER_ENGINE per engine."""
+    def store_events(self, message: dict[str, Any]) -> Stored:
+        """Store pool events, keeping the newest EVENTS_PER_ENGINE per engine, and
+        findings, keeping the newest FINDINGS_PER_PROCESS per process."""
         touched: set[int] = set()
         rows = []
+        findings = []
         for raw in message["events"]:
             event = event_dict(raw)
+            if event["kind"] == "finding":
+                # kept even when its engine is unknown: "" means about no engine
+                engine_pk = self._engine_pk(event["engine"]) if event["engine"] else None
+                findings.append(session_ingest.finding(self.process_id, engine_pk, event))
+                continue
             pk = self._engine_pk(event["engine"])
             if pk is None:
                 continue
@@ -159,12 +186,22 @@ class StateIngest:
                        .order_by("-at", "-pk").values_list("pk", flat=True)[keep:])
             if old:
                 PoolEvent.objects.filter(pk__in=old).delete()
-        return sorted(touched)
+        sessions: list[int] = []
+        if findings:
+            Finding.objects.bulk_create(findings)
+            session_ingest.keep_newest_findings(self.process_id)
+            sessions = session_ingest.session_pks(
+                self.process_id, (row.session for row in findings if row.session))
+        return Stored(engines=sorted(touched), sessions=sessions, findings=len(findings))
 
 
-def mark_disconnected(process_id: int) -> list[int]:
-    """Mark the process disconnected; returns the pks of its engines."""
+@transaction.atomic
+def mark_disconnected(process_id: int) -> Stored:
+    """Mark the process disconnected and its live sessions ended; returns the pks of
+    its engines and of those sessions."""
     now = timezone.now()
     Process.objects.filter(pk=process_id).update(connected=False, disconnected_at=now,
                                                  last_seen=now)
-    return list(Engine.objects.filter(process_id=process_id).values_list("pk", flat=True))
+    sessions = session_ingest.end_sessions(process_id, now)
+    engines = list(Engine.objects.filter(process_id=process_id).values_list("pk", flat=True))
+    return Stored(engines=engines, sessions=sessions)

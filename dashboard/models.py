@@ -1,11 +1,16 @@
 """What the dashboard stores: apps and their agent tokens, the processes that
-connected, their engines, a bounded pool history and notable pool events."""
+connected, their engines, a bounded pool history and notable pool events; the ORM
+sessions of each process, snapshots of what they track, and findings.
+
+Timestamps reported by an agent (a session's ``created``, a snapshot's ``taken_at``,
+a finding's ``at``) are kept on the agent's clock; ``Process.clock_offset`` turns
+them into ages on ours."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -97,6 +102,10 @@ class Process(models.Model):
     events_dropped = models.BigIntegerField(default=0)
     agent_errors = models.IntegerField(default=0)
     queue = models.IntegerField(default=0)
+    # seconds our clock is ahead of the agent's, measured at its last state frame
+    clock_offset = models.FloatField(default=0.0)
+    # live sessions its last state frame left out (tracker.protocol.MAX_SESSIONS)
+    sessions_omitted = models.IntegerField(default=0)
 
     class Meta:
         ordering = ["-connected", "-last_seen"]
@@ -115,6 +124,10 @@ class Process(models.Model):
         if silent > timedelta(seconds=conf.get("STALE_AFTER_SECONDS")):
             return "stale"
         return "connected"
+
+    def agent_now(self) -> datetime:
+        """Now, on the agent's clock (for ages of what it reported)."""
+        return timezone.now() - timedelta(seconds=self.clock_offset)
 
 
 class Engine(models.Model):
@@ -169,3 +182,94 @@ class PoolEvent(models.Model):
     class Meta:
         ordering = ["-at"]
         indexes = [models.Index(fields=["engine", "at"])]
+
+
+class TrackedSession(models.Model):
+    """An ORM session of a process, as its agent last summarised it (live, or ended
+    within RECENT_SESSION_SECONDS). Columns hold what the pages filter and sort on;
+    ``summary`` the whole summary (lifecycle, objects per class, stack…)."""
+
+    process = models.ForeignKey(Process, on_delete=models.CASCADE, related_name="sessions")
+    key = models.CharField(max_length=32)  # the agent's id ("s3"), unique within the process
+    kind = models.CharField(max_length=200)
+    created = models.DateTimeField()
+    thread = models.CharField(max_length=200)
+    task = models.CharField(max_length=200, blank=True)
+    engines = models.ManyToManyField(Engine, related_name="sessions", blank=True)
+    state = models.CharField(max_length=16)  # idle | transaction | flushing | closed
+    txn_since = models.DateTimeField(null=True, blank=True)
+    last_activity = models.DateTimeField(null=True, blank=True)
+    objects_count = models.IntegerField(default=0)  # in the identity map
+    new = models.IntegerField(default=0)
+    dirty = models.IntegerField(default=0)
+    deleted = models.IntegerField(default=0)
+    statements = models.BigIntegerField(default=0)
+    flushes = models.IntegerField(default=0)
+    commits = models.IntegerField(default=0)
+    rollbacks = models.IntegerField(default=0)
+    location = models.CharField(max_length=1000, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=16, blank=True)  # closed | collected | disconnected | gone
+    summary = models.JSONField(default=dict)
+    updated_at = models.DateTimeField()  # our clock: when it was last stored
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["process", "key"],
+                                               name="unique_session")]
+        indexes = [models.Index(fields=["process", "ended_at"]),
+                   models.Index(fields=["ended_at", "updated_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.key} of {self.process}"
+
+    @property
+    def live(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def pending(self) -> int:
+        """Objects a flush would write or delete (new + modified + deleted)."""
+        return self.new + self.dirty + self.deleted
+
+
+class SessionSnapshot(models.Model):
+    """The latest snapshot of one session for one set of snapshot arguments (filter
+    and page): what it tracks and what its next flush would write."""
+
+    session = models.ForeignKey(TrackedSession, on_delete=models.CASCADE,
+                                related_name="snapshots")
+    args_key = models.CharField(max_length=1000)  # see dashboard.control.args_key
+    args = models.JSONField(default=dict)
+    requested_at = models.DateTimeField(null=True, blank=True)  # our clock
+    taken_at = models.DateTimeField(null=True, blank=True)      # the agent's clock
+    # entities, changes, total, offset, partial, changes_total (and error, if any)
+    data = models.JSONField(default=dict)
+    refusal = models.TextField(blank=True)  # why the agent refused the last request
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["session", "args_key"],
+                                               name="unique_snapshot")]
+
+
+class Finding(models.Model):
+    """Something the agent found wrong (a data-loss trap…): rule ids in docs/findings.md."""
+
+    process = models.ForeignKey(Process, on_delete=models.CASCADE, related_name="findings")
+    engine = models.ForeignKey(Engine, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="findings")
+    session = models.CharField(max_length=32, blank=True)  # a TrackedSession key, or ""
+    rule = models.CharField(max_length=100)
+    severity = models.CharField(max_length=16)
+    message = models.TextField()
+    thread = models.CharField(max_length=200, blank=True)
+    location = models.CharField(max_length=1000, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    at = models.DateTimeField()  # the agent's clock
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["process", "at"]),
+                   models.Index(fields=["process", "session"])]
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message[:80]}"

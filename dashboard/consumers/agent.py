@@ -3,6 +3,10 @@
 Every frame is validated by ``tracker.protocol.decode`` before anything is stored; a
 refused frame closes the socket with the protocol's close code and the reason, and
 nothing from it is kept.
+
+After its hello the connection joins its process's group (``groups.process``): pages
+ask the agent for something (a session snapshot) by sending ``groups.CONTROL``
+messages there, which are forwarded as ``control`` frames.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from django.conf import settings
 
 from tracker import protocol
 
-from .. import groups, ingest
+from .. import groups, ingest, session_ingest
 from ..models import AgentToken
 
 log = logging.getLogger("dashboard.agent")
@@ -37,10 +41,12 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
-    """One agent connection: hello first, then state, engine, events, ack, bye."""
+    """One agent connection: hello first, then state, engine, events, ack, snapshot,
+    bye."""
 
     token: AgentToken | None = None
     process_id: int | None = None
+    app_id: int | None = None
     state_ingest: ingest.StateIngest | None = None
 
     async def connect(self) -> None:
@@ -105,11 +111,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         process = await database_sync_to_async(ingest.register_process)(self.token, message)
         self.process_id = process.pk
+        self.app_id = process.app_id
         self.state_ingest = ingest.StateIngest(process.pk)
+        await self.channel_layer.group_add(groups.process(process.pk), self.channel_name)
         await self.send(bytes_data=protocol.encode(
             {"t": "welcome", "process": process.pk,
              "interval": float(getattr(settings, "RETORT_AGENT_INTERVAL", 0.5))}))
-        await self.notify(groups.OVERVIEW)
+        await self.notify(groups.OVERVIEW, groups.app_sessions(process.app_id))
 
     async def on_engine(self, message: dict[str, Any]) -> None:
         pk = await database_sync_to_async(ingest.store_engine)(self.process_id, message)
@@ -117,16 +125,38 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.notify(groups.OVERVIEW, groups.engine(pk))
 
     async def on_state(self, message: dict[str, Any]) -> None:
-        pks = await database_sync_to_async(self.state_ingest.store)(message)
-        await self.notify(groups.OVERVIEW, *(groups.engine(pk) for pk in pks))
+        stored = await database_sync_to_async(self.state_ingest.store)(message)
+        # the sessions page on every frame: the ages and "idle in transaction" it
+        # shows move on even when no session changed
+        await self.notify(groups.OVERVIEW, groups.app_sessions(self.app_id),
+                          *self.pages(stored))
 
     async def on_events(self, message: dict[str, Any]) -> None:
-        pks = await database_sync_to_async(self.state_ingest.store_events)(message)
-        await self.notify(*(groups.engine(pk) for pk in pks))
+        stored = await database_sync_to_async(self.state_ingest.store_events)(message)
+        extra = (groups.app_sessions(self.app_id),) if stored.findings else ()
+        await self.notify(*extra, *self.pages(stored))
 
     async def on_ack(self, message: dict[str, Any]) -> None:
-        log.info("agent %s acknowledged %s: %s", self.process_id, message["id"],
+        log.info("agent %s acknowledged %s: %s", self.process_id, message["id"][:200],
                  message["status"])
+        pk = await database_sync_to_async(session_ingest.store_refusal)(self.process_id,
+                                                                        message)
+        if pk is not None:
+            await self.notify(groups.session(pk))
+
+    async def on_snapshot(self, message: dict[str, Any]) -> None:
+        pk = await database_sync_to_async(session_ingest.store_snapshot)(self.process_id,
+                                                                         message)
+        if pk is not None:
+            await self.notify(groups.session(pk), groups.app_sessions(self.app_id))
+
+    async def agent_control(self, message: dict[str, Any]) -> None:
+        """A page asks this connection's agent for something: send it a control frame."""
+        if self.process_id is None:
+            return  # refused, or gone: nobody to ask
+        await self.send(bytes_data=protocol.encode(
+            {"t": "control", "id": message["id"], "action": message["action"],
+             "args": message.get("args") or {}}))
 
     async def on_bye(self, message: dict[str, Any]) -> None:
         await self._disconnected()
@@ -138,9 +168,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.process_id is not None:
             process_id, self.process_id = self.process_id, None
             self.token = None
-            engine_pks = await database_sync_to_async(ingest.mark_disconnected)(process_id)
-            # open engine pages show their process's status too
-            await self.notify(groups.OVERVIEW, *(groups.engine(pk) for pk in engine_pks))
+            await self.channel_layer.group_discard(groups.process(process_id),
+                                                   self.channel_name)
+            stored = await database_sync_to_async(ingest.mark_disconnected)(process_id)
+            # open engine and session pages show their process's status too
+            await self.notify(groups.OVERVIEW, groups.app_sessions(self.app_id),
+                              *self.pages(stored))
+
+    @staticmethod
+    def pages(stored: ingest.Stored) -> list[str]:
+        """The groups of the pages showing what a frame changed."""
+        return ([groups.engine(pk) for pk in stored.engines]
+                + [groups.session(pk) for pk in stored.sessions])
 
     async def notify(self, *names: str) -> None:
         for name in names:

@@ -6,7 +6,9 @@ The builders produce messages that ``tracker.protocol.decode`` accepts (checked 
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 from datetime import datetime, timezone as dt_timezone
 from types import SimpleNamespace
 from typing import Any
@@ -102,8 +104,10 @@ def engine_state(engine_id: str = "e1", *, checked_out: int = 3, idle: int = 2,
     }
 
 
-def state_msg(*engines: dict[str, Any], ts: float = STATE_TS) -> dict[str, Any]:
-    return {
+def state_msg(*engines: dict[str, Any], ts: float = STATE_TS,
+              sessions: list[dict[str, Any]] | None = None,
+              omitted: int | None = None) -> dict[str, Any]:
+    message = {
         "t": "state",
         "ts": ts,
         "engines": list(engines) if engines else [engine_state()],
@@ -111,6 +115,93 @@ def state_msg(*engines: dict[str, Any], ts: float = STATE_TS) -> dict[str, Any]:
                   "drops": {"queue_full": 2, "disconnected": 5}, "errors": 1,
                   "reconnects": 0},
     }
+    if sessions is not None:
+        message["sessions"] = sessions
+    if omitted is not None:
+        message["sessions_omitted"] = omitted
+    return message
+
+
+# -- ORM sessions -------------------------------------------------------------------
+
+# s1 was created 30 s before the state frame, began its transaction 20 s before it
+# and did nothing for the last 8 s: idle in transaction (the default flags 5 s)
+SESSION_CREATED = STATE_TS - 30.0           # 00:01:10.000
+TXN_SINCE = STATE_TS - 20.0                 # 00:01:20.000
+LAST_ACTIVITY = STATE_TS - 8.0              # 00:01:32.000
+SESSION_LOCATION = "shop/orders.py:88 in checkout"
+SESSION_STACK = [SESSION_LOCATION, "shop/views.py:12 in post"]
+
+
+def session_summary(sid: str = "s1", **overrides: Any) -> dict[str, Any]:
+    """A SESSION summary: s1 in a transaction on e1, holding its connection."""
+    return {
+        "id": sid, "kind": "Session", "async": False, "created": SESSION_CREATED,
+        "thread": "worker-1", "thread_id": 140_000_001, "task": None,
+        "engines": ["e1"], "state": "transaction", "txn_since": TXN_SINCE,
+        "last_activity": LAST_ACTIVITY, "autoflush": True, "expire_on_commit": True,
+        "objects": 4, "by_class": {"Customer": 3, "Order": 1},
+        "new": 1, "dirty": 1, "deleted": 1, "connections": ["e1"],
+        "statements": 7, "flushes": 1, "commits": 0, "rollbacks": 0,
+        "location": SESSION_LOCATION, "stack": list(SESSION_STACK),
+        "lifecycle": [[TXN_SINCE, "begin", ""], [STATE_TS - 15.0, "flush", ""]],
+        **overrides,
+    }
+
+
+def ended_summary(sid: str = "s1", *, ended: float = STATE_TS - 1.0,
+                  end: str = "closed", **overrides: Any) -> dict[str, Any]:
+    """The summary an agent sends once more when a session ended."""
+    return session_summary(sid, state="closed", txn_since=None, connections=[],
+                           objects=0, by_class={}, new=0, dirty=0, deleted=0,
+                           location=None, stack=None, ended=ended, end=end,
+                           lifecycle=[[TXN_SINCE, "begin", ""], [ended, end, ""]],
+                           **overrides)
+
+
+#: what s1 tracks (the scenario: two attributes modified, one object added, one
+#: deleted, a collection changed, a many-to-one reference changed)
+ENTITIES: list[dict[str, Any]] = [
+    {"class": "Customer", "identity": "", "state": "pending", "modified": True,
+     "expired": []},
+    {"class": "Customer", "identity": "2", "state": "deleted", "modified": False,
+     "expired": []},
+    {"class": "Customer", "identity": "1", "state": "persistent", "modified": True,
+     "expired": ["email_verified_at"]},
+    {"class": "Order", "identity": "1", "state": "persistent", "modified": True,
+     "expired": []},
+]
+CHANGES: list[dict[str, Any]] = [
+    {"op": "insert", "class": "Customer", "identity": "",
+     "values": {"name": "'Dana'", "email": "'dana@example.com'", "password_hash": "••••••"}},
+    {"op": "update", "class": "Customer", "identity": "1",
+     "attributes": {"name": ["'Ann'", "'Annie'"],
+                    "email": ["'ann@example.com'", "'annie@example.com'"]},
+     "collections": {"orders": {"added": ["Order (new)"], "removed": ["Order#1"]}}},
+    {"op": "update", "class": "Order", "identity": "1",
+     "references": {"customer": ["Customer#1", "None"]}},
+    {"op": "delete", "class": "Customer", "identity": "2"},
+]
+SNAPSHOT_TS = STATE_TS + 0.25
+
+
+def snapshot_msg(request: str, session: str = "s1", **overrides: Any) -> dict[str, Any]:
+    return {"t": "snapshot", "request": request, "session": session, "ts": SNAPSHOT_TS,
+            "found": True, "partial": False, "total": len(ENTITIES), "offset": 0,
+            "entities": copy.deepcopy(ENTITIES), "changes": copy.deepcopy(CHANGES),
+            "changes_total": len(CHANGES), **overrides}
+
+
+FINDING_MESSAGE = ("session s1 was closed with unflushed changes (1 new): they were "
+                   "never written to the database")
+
+
+def finding_event(session: str = "s1", engine: str = "e1", *, ts: float = STATE_TS,
+                  rule: str = "lost-changes-on-close", **evidence: Any) -> list:
+    return ["finding", ts, engine, rule, "error", session, "worker-1", SESSION_LOCATION,
+            FINDING_MESSAGE, {"new": 1, "modified": 0, "deleted": 0,
+                              "objects": ["Customer (new)"], "stack": list(SESSION_STACK),
+                              **evidence}]
 
 
 def checkout_timeout(engine_id: str = "e1", *, ts: float = TIMEOUT_TS,
@@ -165,6 +256,91 @@ async def send_and_settle(communicator: WebsocketCommunicator,
     assert await communicator.receive_nothing(timeout=0.3) is True
 
 
+# -- browser sockets ----------------------------------------------------------------
+
+ORIGIN = (b"origin", b"http://127.0.0.1")
+
+
+@pytest.fixture
+def session_cookie(django_user_model):
+    """A logged-in user's session cookie header."""
+    from django.test import Client
+
+    user = django_user_model.objects.create_user("alice")  # no password: no slow hashing
+    client = Client()
+    client.force_login(user)
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
+def live(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
+    """A browser page's live socket (not connected yet)."""
+    return WebsocketCommunicator(_application(), path, headers=list(headers))
+
+
+# channel names in each group, as the consumers joined and left them (recorded by
+# the fixture below: works with the in-memory and the Redis layer alike)
+_members: dict[str, set[str]] = {}
+
+
+@pytest.fixture
+def record_membership(monkeypatch):
+    """Record who joins and leaves which group, for ``members`` and ``join``."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    group_add, group_discard = layer.group_add, layer.group_discard
+    _members.clear()
+
+    async def add(group: str, channel: str) -> None:
+        await group_add(group, channel)
+        _members.setdefault(group, set()).add(channel)
+
+    async def discard(group: str, channel: str) -> None:
+        await group_discard(group, channel)
+        _members.get(group, set()).discard(channel)
+
+    monkeypatch.setattr(layer, "group_add", add)
+    monkeypatch.setattr(layer, "group_discard", discard)
+    yield
+    _members.clear()
+
+
+def members(group: str) -> int:
+    return len(_members.get(group, ()))
+
+
+async def join(communicator: WebsocketCommunicator, group: str) -> None:
+    """Open a live socket and wait until its consumer joined ``group``.
+
+    The consumer accepts the handshake before it checks the login and joins its
+    group, so a notice sent right after the handshake would be lost (see
+    ``test_a_notice_right_after_the_handshake_is_not_lost``)."""
+    before = members(group)
+    assert await communicator.connect() == (True, None)
+    deadline = time.monotonic() + 2
+    while members(group) <= before:
+        assert time.monotonic() < deadline, f"the socket never joined {group}"
+        await asyncio.sleep(0.01)
+
+
+async def notify(group: str, times: int = 1) -> None:
+    from channels.layers import get_channel_layer
+
+    from dashboard import groups
+
+    layer = get_channel_layer()
+    for _ in range(times):
+        await layer.group_send(group, {"type": groups.CHANGED})
+
+
+async def drain(communicator: WebsocketCommunicator) -> list[str]:
+    """Every frame already queued (without waiting for more)."""
+    frames = []
+    while not await communicator.receive_nothing(timeout=0.01):
+        frames.append(await communicator.receive_from())
+    return frames
+
+
 # -- database views -----------------------------------------------------------------
 
 def counts() -> dict[str, int]:
@@ -176,13 +352,18 @@ def counts() -> dict[str, int]:
 
 def rows() -> dict[str, list[dict[str, Any]]]:
     """Every stored row of the ingest tables, to prove a refusal changed nothing."""
-    from dashboard.models import Engine, PoolEvent, PoolSample, Process
+    from dashboard.models import (Engine, Finding, PoolEvent, PoolSample, Process,
+                                  SessionSnapshot, TrackedSession)
 
     return {
         "processes": list(Process.objects.order_by("pk").values()),
         "engines": list(Engine.objects.order_by("pk").values()),
         "samples": list(PoolSample.objects.order_by("pk").values()),
         "events": list(PoolEvent.objects.order_by("pk").values()),
+        "sessions": list(TrackedSession.objects.order_by("pk").values()),
+        "session_engines": list(TrackedSession.engines.through.objects.order_by("pk").values()),
+        "snapshots": list(SessionSnapshot.objects.order_by("pk").values()),
+        "findings": list(Finding.objects.order_by("pk").values()),
     }
 
 
@@ -219,3 +400,35 @@ def stored(shop):
     engine = Engine.objects.select_related("process__app").get(process=process, key="e1")
     return SimpleNamespace(app=shop.app, token=shop.token, raw=shop.raw,
                            process=engine.process, engine=engine)
+
+
+# our clock in tests that freeze it: half a second after the agent built its state
+# frame, so ages on the agent's clock come out exact (clock_offset = 0.5 s)
+NOW = datetime(2026, 1, 1, 0, 1, 40, 500_000, tzinfo=dt_timezone.utc)
+
+
+@pytest.fixture
+def frozen(monkeypatch):
+    """Freeze ``django.utils.timezone.now`` at NOW."""
+    from django.utils import timezone
+
+    monkeypatch.setattr(timezone, "now", lambda: NOW)
+    return NOW
+
+
+@pytest.fixture
+def tracked(shop):
+    """A connected process of "shop" whose state frame reported session s1 (idle in
+    a transaction on e1): ``.process``, ``.engine``, ``.session``, ``.ingest``."""
+    from dashboard import ingest
+    from dashboard.models import Engine, TrackedSession
+
+    process = ingest.register_process(shop.token, protocol.decode(frame(hello_msg())))
+    state = ingest.StateIngest(process.pk)
+    state.store(protocol.decode(frame(state_msg(sessions=[session_summary()]))))
+    return SimpleNamespace(
+        app=shop.app, token=shop.token, raw=shop.raw, ingest=state,
+        process=type(process).objects.get(pk=process.pk),
+        engine=Engine.objects.get(process=process, key="e1"),
+        session=TrackedSession.objects.select_related("process").get(process=process,
+                                                                     key="s1"))

@@ -8,91 +8,24 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
-from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
-from django.test import Client
 
 from dashboard import groups, ingest
-from dashboard.asgi import application
 from dashboard.models import Engine
 from tracker import protocol
 
-from .conftest import HOST, PID, engine_state, frame, open_agent, say_hello, state_msg
+from .conftest import (
+    HOST, ORIGIN, PID, drain, engine_state, frame, join, live, members, notify, open_agent,
+    say_hello, state_msg,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ORIGIN = (b"origin", b"http://127.0.0.1")
-
-
-@pytest.fixture
-def session_cookie(django_user_model):
-    """A logged-in user's session cookie header."""
-    user = django_user_model.objects.create_user("alice")  # no password: no slow hashing
-    client = Client()
-    client.force_login(user)
-    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
-
-
-def live(path: str, *headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
-    return WebsocketCommunicator(application, path, headers=list(headers))
-
-
-# channel names in each group, as the consumers joined and left them (recorded by
-# the autouse fixture below: works with the in-memory and the Redis layer alike)
-_members: dict[str, set[str]] = {}
-
 
 @pytest.fixture(autouse=True)
-def record_membership(monkeypatch):
-    layer = get_channel_layer()
-    group_add, group_discard = layer.group_add, layer.group_discard
-    _members.clear()
-
-    async def add(group: str, channel: str) -> None:
-        await group_add(group, channel)
-        _members.setdefault(group, set()).add(channel)
-
-    async def discard(group: str, channel: str) -> None:
-        await group_discard(group, channel)
-        _members.get(group, set()).discard(channel)
-
-    monkeypatch.setattr(layer, "group_add", add)
-    monkeypatch.setattr(layer, "group_discard", discard)
+def _membership(record_membership):
+    """Every test here records group membership (see ``members``)."""
     yield
-    _members.clear()
-
-
-def members(group: str) -> int:
-    return len(_members.get(group, ()))
-
-
-async def join(communicator: WebsocketCommunicator, group: str) -> None:
-    """Open a live socket and wait until its consumer joined ``group``.
-
-    The consumer accepts the handshake before it checks the login and joins its
-    group, so a notice sent right after the handshake would be lost (see
-    ``test_a_notice_right_after_the_handshake_is_not_lost``)."""
-    before = members(group)
-    assert await communicator.connect() == (True, None)
-    deadline = time.monotonic() + 2
-    while members(group) <= before:
-        assert time.monotonic() < deadline, f"the socket never joined {group}"
-        await asyncio.sleep(0.01)
-
-
-async def notify(group: str, times: int = 1) -> None:
-    layer = get_channel_layer()
-    for _ in range(times):
-        await layer.group_send(group, {"type": groups.CHANGED})
-
-
-async def drain(communicator: WebsocketCommunicator) -> list[str]:
-    """Every frame already queued (without waiting for more)."""
-    frames = []
-    while not await communicator.receive_nothing(timeout=0.01):
-        frames.append(await communicator.receive_from())
-    return frames
 
 
 def gauge(name: str, value: int) -> str:
