@@ -9,7 +9,7 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
 from .consumers.agent import AgentConsumer
-from .consumers.live import EngineLive, OverviewLive
+from .consumers.live import EngineLive, OverviewLive, SessionLive, SessionsLive
 
 
 def browser(app: Any) -> Any:
@@ -21,4 +21,6 @@ websocket_routes = URLRouter([
     path("ws/agent/", AgentConsumer.as_asgi()),
     path("ws/live/overview/", browser(OverviewLive.as_asgi())),
     path("ws/live/engine/<int:pk>/", browser(EngineLive.as_asgi())),
+    path("ws/live/app/<int:pk>/sessions/", browser(SessionsLive.as_asgi())),
+    path("ws/live/session/<int:pk>/", browser(SessionLive.as_asgi())),
 ])

@@ -3,21 +3,27 @@
 It joins the groups of what the page shows; on every "changed" notice it re-renders
 the page's live fragments (with ``hx-swap-oob``) — coalesced, so a busy app updates an
 open page at most LIVE_UPDATES_PER_SECOND times a second, whatever its event rate.
+A page's GET parameters (filters, sort, page) are repeated in its socket's URL, so
+live re-renders show what the page shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.http import QueryDict
 
 from tracker import protocol
 
-from .. import conf, groups
-from ..live import fragments
+from .. import conf, control, groups
+from ..live import fragments, sessions
+
+log = logging.getLogger("dashboard.live")
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -96,3 +102,64 @@ class EngineLive(LiveConsumer):
 
     def render(self) -> str:
         return fragments.engine(self.engine_pk, oob=True)
+
+
+def _query(scope: dict[str, Any]) -> QueryDict:
+    return QueryDict(scope.get("query_string", b"").decode("latin-1"))
+
+
+class SessionsLive(LiveConsumer):
+    """An app's sessions page, with its filters and sort."""
+
+    def resolve(self) -> bool:
+        from ..models import App
+
+        self.app_pk = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.group = groups.app_sessions(self.app_pk)
+        self.filters = sessions.SessionFilters.from_query(_query(self.scope))
+        return App.objects.filter(pk=self.app_pk).exists()
+
+    def render(self) -> str:
+        return sessions.sessions(self.app_pk, self.filters, oob=True)
+
+
+class SessionLive(LiveConsumer):
+    """A session page. While it is open and the session is live, it asks the agent
+    for a snapshot (of the page's filter and page of objects) every SNAPSHOT_SECONDS;
+    the reply, once stored, re-renders the page through the session's group."""
+
+    _asker: asyncio.Task | None = None
+
+    def resolve(self) -> bool:
+        from ..models import TrackedSession
+
+        self.session_pk = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.group = groups.session(self.session_pk)
+        self.query = _query(self.scope)
+        self.args = control.snapshot_args(self.query)
+        return TrackedSession.objects.filter(pk=self.session_pk).exists()
+
+    async def connect(self) -> None:
+        await super().connect()
+        if getattr(self, "joined", False):
+            self._asker = asyncio.create_task(self._ask())
+
+    async def disconnect(self, code: int) -> None:
+        if self._asker is not None:
+            self._asker.cancel()
+        await super().disconnect(code)
+
+    async def _ask(self) -> None:
+        while True:
+            try:
+                request = await database_sync_to_async(control.snapshot_request)(
+                    self.session_pk, self.args)
+                if request is not None:
+                    process_pk, message = request
+                    await self.channel_layer.group_send(groups.process(process_pk), message)
+            except Exception:  # a failed round: the next one asks again
+                log.exception("snapshot request for session %s failed", self.session_pk)
+            await asyncio.sleep(conf.get("SNAPSHOT_SECONDS"))
+
+    def render(self) -> str:
+        return sessions.session(self.session_pk, self.query, oob=True)

@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from tracker.protocol import HIST_BOUNDS
 
-from .. import conf
 from django.db.models import Count, Prefetch, Q
 
-from ..models import App, Engine, PoolSample, Process
+from .. import conf
+from ..models import App, Engine, PoolSample, Process, TrackedSession
 from .charts import pool_timeline
 
 
@@ -25,7 +25,11 @@ def overview_context() -> dict[str, Any]:
     recent = Process.objects.filter(Q(connected=True) | Q(last_seen__gte=since))
     apps = App.objects.prefetch_related(
         Prefetch("processes", queryset=recent.prefetch_related("engines"), to_attr="recent"),
-    ).annotate(process_count=Count("processes"))
+    ).annotate(
+        process_count=Count("processes", distinct=True),
+        live_sessions=Count("processes__sessions", distinct=True,
+                            filter=Q(processes__sessions__ended_at__isnull=True)),
+    )
     return {"apps": apps, "recent_seconds": conf.get("RECENT_PROCESS_SECONDS")}
 
 
@@ -73,10 +77,14 @@ def engine_context(engine: Engine) -> dict[str, Any]:
     lag = (now - received).total_seconds()
     agent_ts = state.get("ts")
     holders = []
+    owners = dict(TrackedSession.objects.filter(
+        process_id=engine.process_id,
+        key__in={h["session"] for h in state.get("holders", []) if h.get("session")},
+    ).values_list("key", "pk"))
     for holder in state.get("holders", []):
         # ages from the agent's own clock, advanced by the time since we received them
         age = max(0.0, (agent_ts or holder["since"]) - holder["since"]) + lag
-        holders.append({**holder, "age": age})
+        holders.append({**holder, "age": age, "session_pk": owners.get(holder.get("session"))})
     holders.sort(key=lambda h: -h["age"])
     window = conf.get("TIMELINE_SECONDS")
     start = now - timedelta(seconds=window)

@@ -1,6 +1,8 @@
-"""Formatting filters for durations, counts and drop reasons."""
+"""Formatting filters for durations, times of day, counts and drop reasons."""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone as dt_timezone
 
 from django import template
 
@@ -37,3 +39,17 @@ def drops_title(drops: dict | None) -> str:
 def words(identifier: str) -> str:
     """'checkout_timeout' → 'checkout timeout'."""
     return str(identifier).replace("_", " ")
+
+
+@register.filter
+def clock(moment: datetime | None) -> str:
+    """A time of day to the millisecond, UTC: '00:01:40.250' ('–' if none)."""
+    if not isinstance(moment, datetime):
+        return "–"
+    return moment.astimezone(dt_timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+
+
+@register.filter
+def lines(items: list | None) -> str:
+    """A list as text, one item per line (for a stack in a title attribute)."""
+    return "\n".join(str(item) for item in items or ())

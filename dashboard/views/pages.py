@@ -1,13 +1,13 @@
-"""Overview and engine pages: first paint of the same fragments the live socket
-pushes afterwards."""
+"""Overview, engine, sessions and session pages: first paint of the same fragments
+the live socket pushes afterwards."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from ..live import fragments
-from ..models import Engine
+from ..live import fragments, sessions
+from ..models import App, Engine, TrackedSession
 
 
 def overview(request: HttpRequest) -> HttpResponse:
@@ -17,3 +17,15 @@ def overview(request: HttpRequest) -> HttpResponse:
 def engine_detail(request: HttpRequest, pk: int) -> HttpResponse:
     engine = get_object_or_404(Engine.objects.select_related("process__app"), pk=pk)
     return render(request, "dashboard/engine.html", fragments.engine_context(engine))
+
+
+def app_sessions(request: HttpRequest, pk: int) -> HttpResponse:
+    app = get_object_or_404(App, pk=pk)
+    filters = sessions.SessionFilters.from_query(request.GET)
+    return render(request, "dashboard/sessions.html", sessions.sessions_context(app, filters))
+
+
+def session_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    session = get_object_or_404(TrackedSession.objects.select_related("process__app"), pk=pk)
+    return render(request, "dashboard/session.html",
+                  sessions.session_context(session, request.GET))
