@@ -5,13 +5,14 @@
     statements  just answer (with the count)
     commit      commit and close the changes session
 
-Every command is answered with one line: ``ok statements=<n> session=<sid>`` where n
-counts every statement the database received (the app's own listener) and sid is the
-agent's id of the changes session.
+Every command is answered with one line: ``ok statements=<n> session=<sid> pid=<pid>``
+where n counts every statement the database received (the app's own listener) and sid
+is the agent's id of the changes session.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import sqlalchemy as sa
@@ -52,7 +53,7 @@ def main() -> None:
         elif command == "commit":
             sessions["changes"].commit()
             sessions["changes"].close()
-        print(f"ok statements={len(statements)} session={sid}", flush=True)
+        print(f"ok statements={len(statements)} session={sid} pid={os.getpid()}", flush=True)
 
 
 if __name__ == "__main__":
