@@ -40,6 +40,8 @@ class Command(BaseCommand):
                             help="password for the demo login (default: a random one)")
 
     def handle(self, *args, port: int, db: str, no_app: bool, password: str, **options):
+        # SIGTERM (a service manager, `kill`) stops the children too, like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
         if _port_busy(port):
             raise CommandError(f"port {port} on 127.0.0.1 is in use: pass --port")
         call_command("migrate", interactive=False, verbosity=0)
@@ -74,6 +76,10 @@ class Command(BaseCommand):
             pass
         finally:
             _stop(children)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _ensure_user(password: str) -> None:
