@@ -171,7 +171,8 @@ def store_snapshot(process_id: int, message: dict[str, Any]) -> int | None:
     no request of ours about this process (nothing is stored then).
 
     A reply with ``found`` false means the session is gone: it is marked ended (unless
-    it is already) and the last snapshot stays for viewing. A reply older than the
+    it is already) and the last snapshot stays for viewing; so it does when the reply's
+    summary says the session ended (closed, not yet collected). A reply older than the
     stored snapshot (overtaken by a later one) is dropped.
     """
     requested = _requested(process_id, message["request"], message["session"])
@@ -183,6 +184,10 @@ def store_snapshot(process_id: int, message: dict[str, Any]) -> int | None:
     if summary is not None and summary["id"] == session.key:
         store_sessions(process_id, [summary], now)
         session.refresh_from_db()
+        if summary.get("ended") is not None:
+            # closed but not collected yet: its maps are empty now, and the page
+            # shows what it tracked before
+            return session.pk
     if not message["found"]:
         if session.ended_at is None:
             session.ended_at, session.end, session.updated_at = when(message["ts"]), GONE, now

@@ -321,6 +321,19 @@ def test_not_found_ends_the_session_and_keeps_the_last_snapshot(tracked, frozen)
     assert (session().ended_at, session().end) == (at(SNAPSHOT_TS + 0.5), "collected")
 
 
+def test_a_reply_about_a_closed_session_keeps_the_last_snapshot(tracked):
+    """A closed session that is not collected yet is still found, with nothing in it."""
+    request = ask(tracked)
+    session_ingest.store_snapshot(tracked.process.pk, decoded(snapshot_msg(request)))
+    before = list(SessionSnapshot.objects.values())
+    pk = session_ingest.store_snapshot(tracked.process.pk, decoded(snapshot_msg(
+        request, ts=SNAPSHOT_TS + 1, total=0, entities=[], changes=[], changes_total=0,
+        summary=ended_summary(ended=SNAPSHOT_TS + 0.5))))
+    assert pk == tracked.session.pk
+    assert (session().ended_at, session().end) == (at(SNAPSHOT_TS + 0.5), "closed")
+    assert list(SessionSnapshot.objects.values()) == before
+
+
 @pytest.mark.parametrize("request_id", [
     "c1", "snapshot:999999:limit=100&offset=0", "snapshot:{pk}:limit=100&offset=0&x=1",
 ])
