@@ -116,7 +116,8 @@ def test_an_idle_in_transaction_session_stands_out_with_its_code_location(view, 
     # its code location, the stack on hover and open below it
     assert cells[11].startswith(
         '<code title="shop/orders.py:88 in checkout\nshop/views.py:12 in post">'
-        'shop/orders.py:88 in checkout</code><details open>')
+        f'shop/orders.py:88 in checkout</code><details data-keep="stack-{tracked.session.pk}" '
+        'open>')
     assert f'ws-connect="/ws/live/app/{tracked.app.pk}/sessions/"' in html
 
 
