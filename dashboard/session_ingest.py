@@ -24,7 +24,7 @@ log = logging.getLogger("dashboard.agent")
 
 #: how a session ended when the agent did not say: its process went away, or a
 #: snapshot found it gone before a state frame said how it ended
-DISCONNECTED, GONE = "disconnected", "gone"
+DISCONNECTED, GONE, STALE = "disconnected", "gone", "stale"
 
 _INT_MAX, _BIGINT_MAX = 2**31 - 1, 2**63 - 1
 
@@ -102,6 +102,23 @@ def end_sessions(process_id: int, now: datetime) -> list[int]:
     pks = sorted(live.values_list("pk", flat=True))
     live.update(ended_at=now - timedelta(seconds=offset), end=DISCONNECTED, updated_at=now)
     return pks
+
+
+def end_sessions_of_silent_processes(now: datetime) -> int:
+    """End the live sessions of processes silent for more than STALE_AFTER_SECONDS
+    (a crashed app, or a dashboard restarted without seeing the disconnect): nothing
+    will tell us how those sessions end, and showing them as live (worse, as idle in a
+    transaction for ever) would be a lie. If the agent comes back, it reports its
+    sessions again and they are live again. Returns how many were ended."""
+    silent = now - timedelta(seconds=conf.get("STALE_AFTER_SECONDS"))
+    stale = TrackedSession.objects.filter(ended_at__isnull=True, process__last_seen__lt=silent)
+    ended = 0
+    for process_id, last_seen in (Process.objects.filter(sessions__in=stale).distinct()
+                                  .values_list("pk", "last_seen")):
+        ended += TrackedSession.objects.filter(process_id=process_id, ended_at__isnull=True
+                                               ).update(ended_at=last_seen, end=STALE,
+                                                        updated_at=now)
+    return ended
 
 
 def prune_sessions(now: datetime) -> int:

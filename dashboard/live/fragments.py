@@ -14,6 +14,7 @@ from tracker.protocol import HIST_BOUNDS
 from django.db.models import Count, Prefetch, Q
 
 from .. import conf
+from ..session_ingest import end_sessions_of_silent_processes
 from ..models import App, Engine, PoolSample, Process, TrackedSession
 from .charts import pool_timeline
 
@@ -22,6 +23,7 @@ def overview_context() -> dict[str, Any]:
     """Apps with their processes: every connected one, and those seen within
     RECENT_PROCESS_SECONDS; older ones are counted, not listed."""
     since = timezone.now() - timedelta(seconds=conf.get("RECENT_PROCESS_SECONDS"))
+    end_sessions_of_silent_processes(timezone.now())
     recent = Process.objects.filter(Q(connected=True) | Q(last_seen__gte=since))
     apps = App.objects.prefetch_related(
         Prefetch("processes", queryset=recent.prefetch_related("engines"), to_attr="recent"),

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from .. import conf, control
 from ..models import App, Engine, Finding, Process, SessionSnapshot, TrackedSession
-from ..session_ingest import when
+from ..session_ingest import end_sessions_of_silent_processes, when
 
 #: sort key → (what the header says, ORDER BY)
 SORTS: dict[str, tuple[str, list[Any]]] = {
@@ -117,6 +117,7 @@ def _engines_of(process_ids: set[int]) -> dict[int, dict[str, Engine]]:
 
 def recent_sessions(app: App) -> Any:
     """The app's live sessions and those ended within RECENT_SESSION_SECONDS."""
+    end_sessions_of_silent_processes(timezone.now())
     cutoff = timezone.now() - timedelta(seconds=conf.get("RECENT_SESSION_SECONDS"))
     return TrackedSession.objects.filter(process__app=app).filter(
         Q(ended_at__isnull=True) | Q(updated_at__gte=cutoff))
@@ -229,6 +230,8 @@ def change_rows(change: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def session_context(session: TrackedSession, query: Mapping[str, Any]) -> dict[str, Any]:
+    if session.ended_at is None and end_sessions_of_silent_processes(timezone.now()):
+        session.refresh_from_db()
     engines = _engines_of({session.process_id})[session.process_id]
     describe(session, engines)
     args = control.snapshot_args(query)

@@ -176,6 +176,26 @@ def test_sessions_come_back_live_when_the_agent_reconnects(tracked):
     assert (session().ended_at, session().end) == (None, "")
 
 
+def test_sessions_of_a_silent_process_end_when_it_goes_stale(tracked, settings):
+    """A crashed app (or a dashboard restarted without seeing the disconnect): its
+    sessions must not stay "live", or idle in a transaction, for ever."""
+    settings.RETORT = {**settings.RETORT, "STALE_AFTER_SECONDS": 10.0}
+    store_state(tracked, session_summary("s2"))
+    last_seen = Process.objects.get(pk=tracked.process.pk).last_seen
+    # still within STALE_AFTER_SECONDS: nothing ends
+    assert session_ingest.end_sessions_of_silent_processes(last_seen + timedelta(seconds=9)) == 0
+    assert session("s1").ended_at is None
+    later = last_seen + timedelta(seconds=11)
+    assert session_ingest.end_sessions_of_silent_processes(later) == 2
+    s1, s2 = session("s1"), session("s2")
+    assert (s1.ended_at, s1.end, s1.updated_at) == (last_seen, "stale", later)
+    assert (s2.ended_at, s2.end) == (last_seen, "stale")
+    assert session_ingest.end_sessions_of_silent_processes(later) == 0
+    # the agent speaks again: its sessions are live again
+    store_state(tracked, session_summary("s1"))
+    assert (session("s1").ended_at, session("s1").end) == (None, "")
+
+
 def test_a_hello_ends_sessions_left_live_by_a_connection_whose_end_was_not_seen(tracked):
     """The dashboard restarted: nobody marked the old connection's sessions ended."""
     ingest.register_process(tracked.token, decoded(hello_msg()))
