@@ -22,7 +22,7 @@ from .config import AgentConfig
 from .hooks import ListenerSet
 from .hooks.engine import EngineHooks
 from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
-from .locations import OFF, LocationFinder, describe
+from .locations import OFF, LocationFinder, describe, thread_name
 from .hooks.session import SessionHooks
 from .protocol import MAX_FRAME_BYTES, MAX_HOLDERS, encode
 from .redact import Redactor
@@ -307,7 +307,7 @@ class Agent:
 
 def _holder(since: float, tid: int, captured: Sequence[Any],
             sampled: list[Any] | None = None, session: str | None = None) -> dict[str, Any]:
-    holder: dict[str, Any] = {"since": since, "thread": _thread_name(tid), "thread_id": tid}
+    holder: dict[str, Any] = {"since": since, "thread": thread_name(tid), "thread_id": tid}
     if not captured and sampled:
         stack = describe(sampled)
         holder.update(location=stack[0], stack=stack, sampled=True)
@@ -328,13 +328,6 @@ def _fit(reply: dict[str, Any]) -> dict[str, Any]:
         else:
             reply["entities"] = reply["entities"][: len(reply["entities"]) // 2]
     return reply
-
-
-def _thread_name(tid: int) -> str:
-    """The name of a live thread (looked up by the worker, not at checkout: it costs a
-    call on the hot path); a thread that is gone is named by its id."""
-    thread = threading._active.get(tid)  # type: ignore[attr-defined]
-    return thread.name if thread is not None else f"thread {tid}"
 
 
 def _pool_gauges(pool: Pool) -> dict[str, Any]:

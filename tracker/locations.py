@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from types import CodeType, FrameType
 
 #: When checkout locations are captured (``capture_locations``).
@@ -109,6 +110,13 @@ def _module_dirs(modules: tuple[str, ...]) -> list[str]:
     # threading's run/bootstrap frames are never the application's
     dirs.append(os.path.join(stdlib, "threading.py"))
     return dirs
+
+
+def thread_name(tid: int) -> str:
+    """The name of a live thread (looked up by the worker, not on the application's
+    thread: it costs a call on the hot path); a thread that is gone is named by its id."""
+    thread = threading._active.get(tid)  # type: ignore[attr-defined]
+    return thread.name if thread is not None else f"thread {tid}"
 
 
 def describe(captured: "list[tuple[CodeType, int]] | tuple[tuple[CodeType, int], ...]"

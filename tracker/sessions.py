@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import collections
 import itertools
-import threading
 import time
 import weakref
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .protocol import MAX_LIFECYCLE, MAX_SESSIONS
-from .redact import identity_text
+from .locations import thread_name
+from .snapshot import identity_of
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -166,7 +166,7 @@ class SessionReporter:
                 # collected without our __del__ hook seeing it (should not happen)
                 if registry.by_id.get(key) is entry:
                     registry.by_id.pop(key, None)
-                _mark_ended(entry, "collected")
+                mark_ended(entry, "collected")
                 registry.ended.append(entry)
                 continue
             summary = self.summary(entry, session, now_perf, now_wall, locate)
@@ -203,7 +203,7 @@ class SessionReporter:
             autoflush = expire = True
             entry.by_class = {}
         if not entry.thread:
-            entry.thread = _thread_name(entry.thread_id)
+            entry.thread = thread_name(entry.thread_id)
         last = (now_wall - (now_perf - entry.last_t)) if entry.last_t is not None else None
         summary: dict[str, Any] = {
             "id": entry.sid,
@@ -285,7 +285,7 @@ class SessionReporter:
                 self.modified_since.pop(ref, None)
                 obj = state.obj()
                 name = type(obj).__name__ if obj is not None else state.class_.__name__
-                found.append((sid, name, identity_text(state.key[1] if state.key else None),
+                found.append((sid, name, identity_of(state),
                               sorted(state.committed_state)))
                 continue
             keep.append((sid, ref, deadline))
@@ -339,7 +339,8 @@ def _fingerprint(summary: dict[str, Any]) -> tuple[Any, ...]:
                  for key, value in summary.items() if key != "last_activity")
 
 
-def _mark_ended(entry: SessionEntry, how: str) -> None:
+def mark_ended(entry: SessionEntry, how: str) -> None:
+    """Record that the session ended (once): when, how, and in its lifecycle."""
     if entry.ended is None:
         entry.ended = time.time()
         entry.end = how
@@ -352,16 +353,3 @@ def _drop_conns(registry: SessionRegistry, entry: SessionEntry) -> None:
         if registry.by_conn.get(key) is entry:
             registry.by_conn.pop(key, None)
     entry.conns = {}
-
-
-def _thread_name(tid: int) -> str:
-    thread = threading._active.get(tid)  # type: ignore[attr-defined]
-    return thread.name if thread is not None else f"thread {tid}"
-
-
-def live_entries(registry: SessionRegistry) -> Iterable[tuple[SessionEntry, Any]]:
-    """(entry, session) for sessions alive now."""
-    for entry in list(registry.by_id.values()):
-        session = entry.ref()
-        if session is not None:
-            yield entry, session

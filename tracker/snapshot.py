@@ -84,7 +84,7 @@ def take(session: "Session", redactor: Redactor, wanted: Filter) -> dict[str, An
             if wanted.offset <= total < stop:
                 page.append({
                     "class": name,
-                    "identity": _identity(state),
+                    "identity": identity_of(state),
                     "state": kind,
                     "modified": is_modified,
                     "expired": sorted(state.expired_attributes),
@@ -124,10 +124,11 @@ def _state_name(state: Any) -> str:
     return "deleted" if state._deleted else "persistent"
 
 
-def _identity(state: Any) -> str:
+def identity_of(state: Any) -> str:
+    """An object's identity as text, from its state: its key, or for a pending object
+    its primary key attributes if they are set already ("" if not)."""
     if state.key is not None:
         return identity_text(state.key[1])
-    # a pending object: its primary key attributes if set already
     mapper = state.manager.mapper
     values = []
     for column in mapper.primary_key:
@@ -142,7 +143,7 @@ def _identity(state: Any) -> str:
 def _change(op: str, state: Any, redactor: Redactor) -> dict[str, Any] | None:
     mapper = state.manager.mapper
     change: dict[str, Any] = {"op": op, "class": state.class_.__name__,
-                              "identity": _identity(state)}
+                              "identity": identity_of(state)}
     if op == "delete":
         return change
     props = mapper._props
@@ -178,7 +179,7 @@ def _change(op: str, state: Any, redactor: Redactor) -> dict[str, Any] | None:
             _relationship_change(state, key, prop, redactor, references, collections)
             continue
         new = current.get(key, NO_VALUE)
-        if _same(old, new):
+        if same_value(old, new):
             continue
         changed[key] = [_old_value(redactor, key, old), _old_value(redactor, key, new)]
     if not (changed or references or collections):
@@ -220,7 +221,8 @@ def _member(obj: Any) -> str:
     return "None" if obj is None else render(obj)
 
 
-def _same(old: Any, new: Any) -> bool:
+def same_value(old: Any, new: Any) -> bool:
+    """True if an attribute's old and new values are the same (so nothing is written)."""
     if old is new:
         return True
     if old is NO_VALUE or old is NEVER_SET or new is NO_VALUE or new is NEVER_SET:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy.orm import Session
 
 from ..locations import NONE, OFF, describe
-from ..redact import identity_text
-from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry
+from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry, mark_ended
+from ..snapshot import identity_of, same_value
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -138,7 +138,11 @@ class SessionHooks:
     # -- listeners -------------------------------------------------------------------
 
     def _entry(self, session: Session) -> SessionEntry:
-        return self.sessions.entry_for(session, _get_ident(), _current_task())
+        # the task is looked up only for a session seen the first time
+        entry = self.sessions.get(session)
+        if entry is None:
+            entry = self.sessions.entry_for(session, _get_ident(), _current_task())
+        return entry
 
     def _after_begin(self, session: Session, transaction: Any, connection: Any) -> None:
         try:
@@ -231,7 +235,7 @@ class SessionHooks:
         if lost is not None:
             if entry is None:
                 entry = self._entry(session)
-            self._report_lost(session, entry, lost, "closed")
+            self._report_lost(entry, lost, "closed")
         if entry is None:
             return
         identity_map = session.identity_map
@@ -255,18 +259,15 @@ class SessionHooks:
         if lost is not None:
             if entry is None:
                 entry = self.sessions.entry_for(session, _get_ident(), None)
-            self._report_lost(session, entry, lost, "collected")
+            self._report_lost(entry, lost, "collected")
         if entry is None:
             return
         if self.sessions.by_id.get(id(session)) is entry:
             self.sessions.by_id.pop(id(session), None)
-        if entry.ended is None:
-            entry.ended, entry.end = time.time(), "collected"
-            entry.state = CLOSED
-            entry.log("collected")
+        mark_ended(entry, "collected")
         self.sessions.ended.append(entry)
 
-    def _report_lost(self, session: Session, entry: SessionEntry,
+    def _report_lost(self, entry: SessionEntry,
                      lost: tuple[int, int, int, list[str]], how: str) -> None:
         new, dirty, deleted, objects = lost
         entry.noteworthy = True
@@ -303,28 +304,14 @@ def _unflushed(session: Session) -> tuple[int, int, int, list[str]] | None:
         objects.append(f"{state.class_.__name__} (new)")
     for state in dirty[:MAX_EVIDENCE - len(objects)]:
         attrs = ", ".join(sorted(state.committed_state)[:5])
-        objects.append(f"{state.class_.__name__}#{_identity(state)} ({attrs})")
+        objects.append(f"{state.class_.__name__}#{identity_of(state)} ({attrs})")
     for state in list(deleted)[:MAX_EVIDENCE - len(objects)]:
-        objects.append(f"{state.class_.__name__}#{_identity(state)} (deleted)")
+        objects.append(f"{state.class_.__name__}#{identity_of(state)} (deleted)")
     return len(new), len(dirty), len(deleted), objects
 
 
 def _really_modified(state: Any) -> bool:
     """Flagged modified with at least one attribute whose value differs."""
-    committed = state.committed_state
-    if not committed:
-        return False
     current = state.dict
-    for key, old in list(committed.items()):
-        new = current.get(key, old)
-        if new is not old and not (type(new) is type(old) and type(new) in _SIMPLE
-                                   and new == old):
-            return True
-    return False
-
-
-_SIMPLE = (int, float, str, bool, bytes, type(None))
-
-
-def _identity(state: Any) -> str:
-    return identity_text(state.key[1]) if state.key is not None else "?"
+    return any(not same_value(old, current.get(key, old))
+               for key, old in list(state.committed_state.items()))
