@@ -20,6 +20,7 @@ from tracker.protocol import MAX_SNAPSHOT_ENTITIES
 
 from . import conf, groups
 from .models import SessionSnapshot, TrackedSession
+from .retention import keep_newest
 
 SNAPSHOT = "snapshot"
 #: entity states a snapshot can be filtered by (tracker.protocol.ENTITY "state")
@@ -135,8 +136,5 @@ def snapshot_request(session_pk: int, args: Mapping[str, Any]) -> tuple[int, dic
 
 
 def _keep_newest_snapshots(session: TrackedSession) -> None:
-    keep = conf.get("SNAPSHOTS_PER_SESSION")
-    old = list(SessionSnapshot.objects.filter(session=session)
-               .order_by("-requested_at", "-pk").values_list("pk", flat=True)[keep:])
-    if old:
-        SessionSnapshot.objects.filter(pk__in=old).delete()
+    keep_newest(SessionSnapshot.objects.filter(session=session),
+                conf.get("SNAPSHOTS_PER_SESSION"), "requested_at")

@@ -15,6 +15,7 @@ from tracker.protocol import event_dict
 
 from . import conf, session_ingest
 from .models import AgentToken, Engine, Finding, PoolEvent, PoolSample, Process
+from .retention import keep_newest
 
 
 def _when(ts: float) -> datetime:
@@ -182,10 +183,7 @@ class StateIngest:
         PoolEvent.objects.bulk_create(rows)
         keep = conf.get("EVENTS_PER_ENGINE")
         for pk in touched:
-            old = list(PoolEvent.objects.filter(engine_id=pk)
-                       .order_by("-at", "-pk").values_list("pk", flat=True)[keep:])
-            if old:
-                PoolEvent.objects.filter(pk__in=old).delete()
+            keep_newest(PoolEvent.objects.filter(engine_id=pk), keep, "at")
         sessions: list[int] = []
         if findings:
             Finding.objects.bulk_create(findings)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from . import conf, control
 from .models import Engine, Finding, Process, SessionSnapshot, TrackedSession
+from .retention import keep_newest
 
 log = logging.getLogger("dashboard.agent")
 
@@ -144,11 +145,8 @@ def finding(process_id: int, engine_pk: int | None, event: dict[str, Any]) -> Fi
 
 
 def keep_newest_findings(process_id: int) -> None:
-    keep = conf.get("FINDINGS_PER_PROCESS")
-    old = list(Finding.objects.filter(process_id=process_id)
-               .order_by("-at", "-pk").values_list("pk", flat=True)[keep:])
-    if old:
-        Finding.objects.filter(pk__in=old).delete()
+    keep_newest(Finding.objects.filter(process_id=process_id),
+                conf.get("FINDINGS_PER_PROCESS"), "at")
 
 
 def session_pks(process_id: int, keys: Iterable[str]) -> list[int]:
