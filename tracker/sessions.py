@@ -151,7 +151,10 @@ class SessionReporter:
     def forget_sent(self) -> None:
         """A new dashboard connection: every live session is sent again."""
         for entry in list(self.registry.by_id.values()):
-            entry.sent = None
+            if entry.sent is not None:
+                # matches no fingerprint, so it is sent again; not None, which means
+                # "never shown" (an ended session never shown is skipped)
+                entry.sent = ()
 
     def summaries(self, locate: Any = None) -> tuple[list[dict[str, Any]], int]:
         """Summaries of the sessions that changed since last sent (ended ones once

@@ -110,8 +110,12 @@ class SessionHooks:
             return original(session)
 
         def __del__(session: Session) -> None:
+            # Most sessions die holding nothing unflushed: three truth tests, no call.
+            # The end of a collected session is noticed by the worker (its weak
+            # reference is dead), so only a session with changes needs work here.
             try:
-                hooks.on_collected(session)
+                if session._new or session._deleted or session.identity_map._modified:
+                    hooks.on_collected(session)
             except Exception:
                 pass  # at interpreter exit modules may be half torn down
 
@@ -139,10 +143,14 @@ class SessionHooks:
 
     def _entry(self, session: Session) -> SessionEntry:
         # the task is looked up only for a session seen the first time
-        entry = self.sessions.get(session)
-        if entry is None:
+        entry = self.sessions.by_id.get(id(session))
+        if entry is None or entry.ref() is not session:
             entry = self.sessions.entry_for(session, _get_ident(), _current_task())
         return entry
+
+    def _known(self, session: Session) -> SessionEntry | None:
+        entry = self.sessions.by_id.get(id(session))
+        return entry if entry is not None and entry.ref() is session else None
 
     def _after_begin(self, session: Session, transaction: Any, connection: Any) -> None:
         try:
@@ -169,7 +177,7 @@ class SessionHooks:
         try:
             if transaction.parent is not None:
                 return  # a savepoint or a subtransaction ended; the session goes on
-            entry = self.sessions.get(session)
+            entry = self._known(session)
             if entry is None:
                 return
             conns = entry.conns
@@ -190,7 +198,7 @@ class SessionHooks:
 
     def _after_commit(self, session: Session) -> None:
         try:
-            entry = self.sessions.get(session)
+            entry = self._known(session)
             if entry is not None:
                 entry.commits += 1
                 entry.log("commit")
@@ -199,7 +207,7 @@ class SessionHooks:
 
     def _after_rollback(self, session: Session) -> None:
         try:
-            entry = self.sessions.get(session)
+            entry = self._known(session)
             if entry is not None:
                 entry.rollbacks += 1
                 entry.log("rollback")
@@ -215,7 +223,7 @@ class SessionHooks:
 
     def _after_flush_postexec(self, session: Session, flush_context: Any) -> None:
         try:
-            entry = self.sessions.get(session)
+            entry = self._known(session)
             if entry is None:
                 return
             entry.flushes += 1
@@ -230,8 +238,9 @@ class SessionHooks:
     def on_close(self, session: Session) -> None:
         """Before ``Session.close()`` runs: report unflushed changes it will discard,
         and hand the objects it detaches to the worker's watch."""
-        lost = _unflushed(session)
-        entry = self.sessions.get(session)
+        lost = (_unflushed(session) if session._new or session._deleted
+                or session.identity_map._modified else None)
+        entry = self._known(session)
         if lost is not None:
             if entry is None:
                 entry = self._entry(session)
