@@ -125,6 +125,26 @@ ENGINE_INFO: dict[str, Any] = {
     },
     "created?": TS,
     "disposed?": int,
+    # read from the server at the first connection when allowed (read_server_settings):
+    # wait_timeout, max_connections, idle_in_transaction_session_timeout, version…
+    "server?": ANY,
+}
+
+#: Statements of one engine aggregated by fingerprint (cumulative since the process
+#: started; sent in state frames only for fingerprints that changed).
+STATEMENT_STATS: dict[str, Any] = {
+    "fp": str,                 # a short stable hash of the fingerprint
+    "sql": str,                # the fingerprint: literals and IN-lists folded
+    "op": str,                 # select, insert, update, delete, other
+    "table?": str,             # the first table named, when found
+    "count": int,
+    "errors": int,
+    "total": NUM,              # seconds
+    "max": NUM,
+    "rows": int,               # rows reported by the driver (-1 counts as 0)
+    "buckets": [int],          # HIST_BOUNDS histogram of durations
+    "location?": str,          # where it was first seen in the application
+    "stack?": [str],
 }
 
 HOLDER: dict[str, Any] = {
@@ -174,6 +194,9 @@ SESSION: dict[str, Any] = {
     "lifecycle": [list],       # [ts, kind, detail] oldest first, at most MAX_LIFECYCLE
     "ended?": TS,              # it was closed or garbage collected at this time
     "end?": str,               # "closed" | "collected"
+    # its most repeated statements: [fp, count, distinct parameter sets or -1 if
+    # unknown], most frequent first, at most 10 (fp: see STATEMENT_STATS)
+    "repeats?": [list],
 }
 
 #: Most entities / changes in one snapshot (the dashboard pages through the rest).
@@ -230,6 +253,7 @@ ENGINE_STATE: dict[str, Any] = {
     "wait": {"buckets": [int], "sum": NUM, "max": NUM},
     "hold": {"buckets": [int], "sum": NUM, "max": NUM},
     "holders": [HOLDER],
+    "statements?": [STATEMENT_STATS],
 }
 
 PROCESS_INFO: dict[str, Any] = {
@@ -306,6 +330,11 @@ EVENTS: dict[str, tuple[tuple[str, Any], ...]] = {
     # session that never touched the database). rule ids: see docs/findings.md
     "finding": (("rule", str), ("severity", str), ("session", str), ("thread", str),
                 ("location", str), ("message", str), ("evidence", ANY)),
+    # one statement slower than the slow_statement_seconds threshold; params is None
+    # unless parameter capture is allowed (then redacted)
+    "slow_statement": (("fp", str), ("sql", str), ("seconds", NUM), ("rows", int),
+                       ("session", str), ("thread", str), ("location", str),
+                       ("stack", [str]), ("params", ANY)),
 }
 
 
