@@ -19,6 +19,7 @@ from sqlalchemy.pool import Pool
 
 from . import __version__
 from .config import AgentConfig
+from .detectors import Detectors
 from .hooks import ListenerSet
 from .hooks.engine import EngineHooks
 from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
@@ -32,6 +33,7 @@ from .snapshot import take as take_snapshot
 from .recorder import Recorder
 from .registry import EngineEntry, PoolEntry, Registry, engine_info
 from .stats import EngineStats
+from .watch import Watch
 from .worker import Worker
 
 log = logging.getLogger("tracker")
@@ -61,11 +63,18 @@ class Agent:
         self.sessions = SessionRegistry()
         self.session_reporter = SessionReporter(self.sessions)
         self.redactor = Redactor(config.secret_words)
-        self.session_hooks: SessionHooks | None = (
-            SessionHooks(self.registry, self.sessions, self.recorder, self.finder,
-                         config.capture_locations) if config.track_sessions else None)
-        self.engine_hooks = EngineHooks(self.registry, self.recorder,
+        self.session_hooks: SessionHooks | None = None
+        self.detectors = Detectors(dict(config.thresholds), self.recorder, self.finder,
+                                   config.capture_locations, self.redactor,
+                                   config.capture_parameters)
+        if config.track_sessions:
+            self.session_hooks = SessionHooks(self.registry, self.sessions, self.recorder,
+                                              self.finder, config.capture_locations,
+                                              self.detectors)
+        self.engine_hooks = EngineHooks(self.registry, self.recorder, self.detectors,
+                                        self.finder, config.capture_locations,
                                         self.sessions if config.track_sessions else None)
+        self.watch = Watch(self, self.detectors)
         self.controls: dict[str, ControlHandler] = {"snapshot": self._snapshot_control}
         self.dashboard_process_id: int | None = None
         self.worker = Worker(self)

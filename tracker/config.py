@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from .locations import location_mode
 from .redact import DEFAULT_SECRET_WORDS
+from .rules import THRESHOLDS, parse_thresholds
 
 #: Environment variable for each setting (a keyword argument wins over it).
 ENV = {
@@ -24,6 +25,7 @@ ENV = {
     "flush_timeout": "RETORT_FLUSH_TIMEOUT",
     "track_sessions": "RETORT_TRACK_SESSIONS",
     "secret_words": "RETORT_SECRET_WORDS",
+    "thresholds": "RETORT_THRESHOLDS",
 }
 
 
@@ -64,6 +66,9 @@ class AgentConfig:
     #: agent renders. Environment: comma-separated; a leading "+" adds to the defaults
     #: (``RETORT_SECRET_WORDS=+dob,salary``).
     secret_words: tuple[str, ...] = DEFAULT_SECRET_WORDS
+    #: Overrides of the advisor's thresholds (names and defaults: tracker.rules.THRESHOLDS).
+    #: Environment: ``RETORT_THRESHOLDS=n_plus_one=3,slow_statement_seconds=0.2``.
+    thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: Module prefixes skipped when looking for the application's code location.
     skip_modules: tuple[str, ...] = ("sqlalchemy", "tracker", "contextlib", "flask_sqlalchemy")
     #: Application frames kept per checkout (the first is the "location").
@@ -95,6 +100,13 @@ class AgentConfig:
                 source = (f"{ENV['capture_locations']}={raw!r}"
                           if "capture_locations" not in overrides else f"capture_locations={raw!r}")
                 raise ValueError(f"{source} is not one of always, pressure, off") from None
+        if "thresholds" in values:
+            thresholds = dict(values["thresholds"])
+            unknown = set(thresholds) - set(THRESHOLDS)
+            if unknown:
+                raise ValueError(f"unknown threshold(s): {', '.join(sorted(unknown))} "
+                                 f"(known: {', '.join(THRESHOLDS)})")
+            values["thresholds"] = thresholds
         return cls(**values)
 
 
@@ -109,6 +121,11 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _parse(field: dataclasses.Field, var: str, raw: str) -> Any:
     kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    if field.name == "thresholds":
+        try:
+            return parse_thresholds(raw)
+        except ValueError as exc:
+            raise ValueError(f"{var}={raw!r}: {exc}") from None
     try:
         if kind == "bool":
             low = raw.strip().lower()

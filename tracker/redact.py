@@ -13,7 +13,7 @@ import decimal
 import enum
 import re
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 #: Words that make an attribute name look secret (matched against the words of the
 #: name: ``api_key``, ``apiKey`` and ``API-KEY`` all split into ``api``, ``key``).
@@ -27,6 +27,9 @@ MASK = "••••••"
 NOT_LOADED = "(not loaded)"
 #: Longest rendered string value (characters), before the ellipsis.
 MAX_VALUE = 120
+#: Most bind parameters (and executemany parameter sets) shown for one statement.
+MAX_PARAMETERS = 50
+MAX_PARAMETER_SETS = 3
 
 _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z]|$)|[A-Z]?[a-z]+|[0-9]+|[A-Z]+")
 
@@ -68,6 +71,24 @@ class Redactor:
         if self.is_secret(name):
             return MASK
         return render(value)
+
+    def parameters(self, parameters: Any, names: Sequence[str] | None = None) -> Any:
+        """A statement's bind parameters as the dashboard may show them: by name when
+        the names are known (a dict, or ``names`` for a positional tuple), masked by
+        the secret words; unnamed strings are masked (nothing says they are not
+        secret). An executemany list shows its first sets only."""
+        if isinstance(parameters, list):
+            return [self.parameters(one, names) for one in parameters[:MAX_PARAMETER_SETS]]
+        if isinstance(parameters, dict):
+            return {str(key): self.value(str(key), value)
+                    for key, value in list(parameters.items())[:MAX_PARAMETERS]}
+        if isinstance(parameters, tuple):
+            if names is not None and len(names) == len(parameters):
+                return {name: self.value(name, value)
+                        for name, value in list(zip(names, parameters))[:MAX_PARAMETERS]}
+            return [MASK if isinstance(value, (str, bytes)) else render(value)
+                    for value in parameters[:MAX_PARAMETERS]]
+        return None
 
 
 def _contains(words: list[str], phrase: tuple[str, ...]) -> bool:

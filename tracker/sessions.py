@@ -16,6 +16,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .protocol import MAX_LIFECYCLE, MAX_SESSIONS
+from .fingerprint import cached
 from .locations import thread_name
 from .snapshot import identity_of
 
@@ -31,6 +32,8 @@ BY_CLASS_EVERY_BIG = 10.0
 BIG_SESSION = 20_000
 #: Objects of a closed session watched for detached modifications, and for how long.
 MAX_WATCHED = 20_000
+#: Repeated statements listed in a session summary.
+MAX_REPEATS = 10
 WATCH_SECONDS = 600.0
 #: A detached object seen modified is reported if it is still not merged into a
 #: session this many seconds later.
@@ -63,6 +66,13 @@ class SessionEntry:
     noteworthy = False              # it has a finding: shown even if it never was live
     by_class: dict[str, int] = {}   # replaced, never mutated
     by_class_at = 0.0
+    # for the detectors (tracker/detectors.py), created on first use:
+    stmts: "dict[str, list[Any]] | None" = None        # text -> [runs, first parameters]
+    parameter_sets: "dict[tuple[str, int], int] | None" = None
+    lazy: "dict[str, int] | None" = None               # relationship -> SQL lazy loads
+    reported: "set[Any] | None" = None                 # findings already reported
+    in_lazy: str | None = None      # the relationship being lazily loaded now
+    txn_writes = 0                  # INSERT/UPDATE/DELETE in its current transaction
 
     def __init__(self, number: int, session: "Session", thread_id: int,
                  task: str | None) -> None:
@@ -236,6 +246,9 @@ class SessionReporter:
             "ended": entry.ended,
             "end": entry.end,
         }
+        repeats = _repeats(entry)
+        if repeats:
+            summary["repeats"] = repeats
         if locate is not None and entry.conns:
             found = locate(entry)
             if found is not None:
@@ -307,6 +320,25 @@ def _trimmed(entry: SessionEntry) -> list[tuple[float, str]]:
     if excess > 0:
         del lifecycle[:excess]
     return list(lifecycle)
+
+
+def _repeats(entry: SessionEntry) -> list[list[Any]]:
+    """[fingerprint id, runs, distinct parameter sets (-1: not counted)] of the
+    session's statements that ran more than once, most runs first (at most 10)."""
+    stmts = entry.stmts
+    if not stmts:
+        return []
+    try:
+        runs = sorted(((record[0], text) for text, record in list(stmts.items())
+                       if record[0] > 1), reverse=True)[:MAX_REPEATS]
+        parameter_sets = list(entry.parameter_sets or ())
+    except RuntimeError:  # changed while copied: next frame
+        return []
+    out = []
+    for count, text in runs:
+        distinct = sum(1 for key in parameter_sets if key[0] == text)
+        out.append([cached(text).fp, count, distinct or -1])
+    return out
 
 
 def _counts(session: "Session") -> tuple[int, int, int, int]:

@@ -18,6 +18,7 @@ from .hooks import engine as engine_hooks
 from .locations import describe
 from .hooks import pool as pool_hooks
 from .hooks import session as session_hooks
+from . import detectors
 from .protocol import HIST_BOUNDS
 from .stats import EngineStats
 from .transport import Transport, TransportError
@@ -81,9 +82,9 @@ class Worker:
             pool_hooks.DETACH: self._count("detaches"),
             pool_hooks.WAIT: self._on_wait,
             pool_hooks.TIMEOUT: self._on_timeout,
-            engine_hooks.STATEMENT: self._on_statement,
             engine_hooks.STATEMENT_ERROR: self._on_statement_error,
             session_hooks.FINDING: self._event,
+            detectors.SLOW: self._event,
         }
 
     # -- lifecycle -------------------------------------------------------------------
@@ -177,8 +178,20 @@ class Worker:
                 if entry is not last_entry:
                     last_entry, stats = entry, stats_for(entry)
                 if kind is _STATEMENT:
+                    seconds = item[2]
                     stats.counters["statements"] += 1
-                    stats.statement_time += item[2]
+                    stats.statement_time += seconds
+                    shape = stats.by_text.get(item[3]) or stats.statement(item[3])
+                    shape.count += 1
+                    shape.total += seconds
+                    if seconds > shape.max:
+                        shape.max = seconds
+                    shape.buckets[bisect_left(bounds, seconds)] += 1
+                    if item[5] > 0:
+                        shape.rows += item[5]
+                    if item[6] and not shape.stack:
+                        shape.stack = describe(item[6])
+                    stats.changed[shape.shape.fp] = shape
                     continue
                 if kind is _CHECKIN:
                     stats.counters["checkins"] += 1
@@ -226,6 +239,7 @@ class Worker:
     def _on_timeout(self, pool_entry: Any, ts: float, waited: float, thread: str,
                     stack: list[Any]) -> None:
         self.stats_for(pool_entry.engine).counters["timeouts"] += 1
+        self.agent.watch.on_timeout(pool_entry.engine.id, _first(stack))
         self._event(["checkout_timeout", ts, pool_entry.engine.id, thread,
                      _first(stack), waited])
 
@@ -234,14 +248,12 @@ class Worker:
         self.stats_for(pool_entry.engine).counters["invalidations"] += 1
         self._event(["invalidate", ts, pool_entry.engine.id, thread, _first(stack), error])
 
-    def _on_statement(self, entry: "EngineEntry", seconds: float, statement: str,
-                      executemany: bool) -> None:
+    def _on_statement_error(self, entry: "EngineEntry", statement: str) -> None:
         stats = self.stats_for(entry)
-        stats.counters["statements"] += 1
-        stats.statement_time += seconds
-
-    def _on_statement_error(self, entry: "EngineEntry") -> None:
-        self.stats_for(entry).counters["statement_errors"] += 1
+        stats.counters["statement_errors"] += 1
+        shape = stats.statement(statement)
+        shape.errors += 1
+        stats.changed[shape.shape.fp] = shape
 
     def check_pools(self) -> None:
         registry = self.agent.registry
@@ -289,7 +301,11 @@ class Worker:
         self.check_pools()
         engines = []
         for entry, engine in self.agent.registry.live_engines():
-            engines.append(self.agent.engine_state(entry, engine, self.stats_for(entry)))
+            stats = self.stats_for(entry)
+            state = self.agent.engine_state(entry, engine, stats)
+            if stats.changed:
+                state["statements"] = stats.take_changed()
+            engines.append(state)
         message: dict[str, Any] = {
             "t": "state",
             "ts": time.time(),
@@ -310,6 +326,8 @@ class Worker:
                 message["sessions_omitted"] = omitted
             for event in self.agent.detached_findings():
                 self._event(event)
+        for event in self.agent.watch.check():
+            self._event(event)
         return message
 
     def _announce_engines(self) -> None:
@@ -354,6 +372,8 @@ class Worker:
         self.announced = {entry.id: entry.revision
                           for entry, _ in self.agent.registry.live_engines()}
         self.agent.session_reporter.forget_sent()  # the dashboard gets every session
+        for stats in self.stats.values():
+            stats.resend_all()
         if self.connections:
             self.reconnects += 1
         self.connections += 1

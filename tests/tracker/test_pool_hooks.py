@@ -151,14 +151,25 @@ def test_timeout_event_names_thread_and_location(tmp_path):
         with engine.connect():
             with pytest.raises(sa.exc.TimeoutError):
                 engine.connect()
-        handle.agent.snapshot()
-        (event,) = handle.agent.worker.pending_events
+            handle.agent.snapshot()
+        event, finding = handle.agent.worker.pending_events
         kind, ts, engine_id, thread, location, waited = event
         expected_id = handle.agent.registry.engines[id(engine)].id
         assert (kind, engine_id, thread) == ("checkout_timeout", expected_id, "MainThread")
         assert location.startswith(f"{HERE}:") and location.endswith(
             " in test_timeout_event_names_thread_and_location")
         assert 0.05 <= waited < 1.0
+        # the advisor's finding: where the checkout gave up, and who held the pool
+        (_, _, f_engine, rule, severity, session, _, f_location, message,
+         evidence) = finding
+        assert (f_engine, rule, severity, session, f_location) == (
+            expected_id, "pool-checkout-timeout", "error", "", location)
+        assert message == (f"1 checkout of engine {handle.agent.registry.engines[id(engine)].name}"
+                           " timed out waiting for a connection (pool exhausted)")
+        assert {k: evidence[k] for k in ("waiting", "checked_out", "timeouts", "pool_size",
+                                         "max_overflow", "timeout")} == {
+            "waiting": 0, "checked_out": 1, "timeouts": 1, "pool_size": 1,
+            "max_overflow": 0, "timeout": 0.05}
         engine.dispose()
     finally:
         tracker.uninstrument()

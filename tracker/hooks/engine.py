@@ -13,28 +13,43 @@ is counted and its exception re-raised unchanged.
 
 from __future__ import annotations
 
+import threading
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 
+from ..detectors import MAX_COUNTED
+from ..locations import OFF
 from . import ListenerSet
 
 if TYPE_CHECKING:
-    from ..sessions import SessionRegistry
+    from ..detectors import Detectors
+    from ..locations import LocationFinder
+    from ..sessions import SessionEntry, SessionRegistry
     from ..recorder import Recorder
     from ..registry import Registry
 
 STATEMENT = "statement"
 STATEMENT_ERROR = "statement_error"
+#: Statement texts whose first location was captured (cleared beyond this bound).
+MAX_LOCATED = 5000
+
+_get_ident = threading.get_ident
 
 
 class EngineHooks:
     """Dialect-level execution listeners; each one only records."""
 
     def __init__(self, registry: "Registry", recorder: "Recorder",
+                 detectors: "Detectors", finder: "LocationFinder",
+                 capture_locations: str,
                  sessions: "SessionRegistry | None" = None) -> None:
         self.registry = registry
+        self.detectors = detectors
+        self.finder = finder
+        self._locate = capture_locations != OFF
+        self._located: set[str] = set()
         #: connections of ORM sessions, to count each session's statements
         self._by_conn = sessions.by_conn if sessions is not None else None
         self.bind(recorder)
@@ -56,9 +71,10 @@ class EngineHooks:
         try:
             context.dialect.do_execute(cursor, statement, parameters, context)
         except BaseException:
-            self._record(context, statement, perf_counter() - t0, False, failed=True)
+            self._record(context, cursor, statement, parameters, perf_counter() - t0,
+                         False, failed=True)
             raise
-        self._record(context, statement, perf_counter() - t0, False)
+        self._record(context, cursor, statement, parameters, perf_counter() - t0, False)
         return True
 
     def _do_executemany_evt(self, cursor: Any, statement: str, parameters: Any,
@@ -67,9 +83,10 @@ class EngineHooks:
         try:
             context.dialect.do_executemany(cursor, statement, parameters, context)
         except BaseException:
-            self._record(context, statement, perf_counter() - t0, True, failed=True)
+            self._record(context, cursor, statement, parameters, perf_counter() - t0,
+                         True, failed=True)
             raise
-        self._record(context, statement, perf_counter() - t0, True)
+        self._record(context, cursor, statement, parameters, perf_counter() - t0, True)
         return True
 
     def _do_execute_no_params_evt(self, cursor: Any, statement: str, context: Any) -> bool:
@@ -77,18 +94,20 @@ class EngineHooks:
         try:
             context.dialect.do_execute_no_params(cursor, statement, context)
         except BaseException:
-            self._record(context, statement, perf_counter() - t0, False, failed=True)
+            self._record(context, cursor, statement, None, perf_counter() - t0, False,
+                         failed=True)
             raise
-        self._record(context, statement, perf_counter() - t0, False)
+        self._record(context, cursor, statement, None, perf_counter() - t0, False)
         return True
 
-    def _record(self, context: Any, statement: str, seconds: float, executemany: bool,
-                failed: bool = False) -> None:
+    def _record(self, context: Any, cursor: Any, statement: str, parameters: Any,
+                seconds: float, executemany: bool, failed: bool = False) -> None:
         try:
             engine = context.engine
             entry = self.registry.engines.get(id(engine))
             if entry is None:
                 entry = self.registry.engine_entry(engine)  # an engine seen the first time
+            session = None
             by_conn = self._by_conn
             if by_conn:
                 session = by_conn.get(id(context.root_connection))
@@ -96,8 +115,29 @@ class EngineHooks:
                     # written only by the thread using that session
                     session.statements += 1
                     session.last_t = perf_counter()
-            item = ((STATEMENT_ERROR, entry) if failed
-                    else (STATEMENT, entry, seconds, statement, executemany))
+                    self._in_session(session, entry.id, context, statement, parameters,
+                                     executemany)
+            if failed:
+                item: tuple[Any, ...] = (STATEMENT_ERROR, entry, statement)
+            else:
+                # drivers report -1 (or nothing) when they do not know, e.g. for a
+                # SELECT on sqlite3; psycopg and PyMySQL count the rows they buffered
+                rows = getattr(cursor, "rowcount", -1)
+                stack = None
+                located = self._located
+                if statement not in located:
+                    # where each statement text is first seen: one stack walk per text
+                    if len(located) >= MAX_LOCATED:
+                        located.clear()
+                    located.add(statement)
+                    stack = self.finder.capture() if self._locate else None
+                item = (STATEMENT, entry, seconds, statement, executemany, rows, stack)
+                detect = self.detectors
+                if seconds >= detect.slow:
+                    detect.on_slow(entry.id, session, statement, seconds, rows,
+                                   parameters)
+                if rows >= detect.large_rows:
+                    detect.on_large(entry.id, session, statement, rows)
             queue = self._queue
             if len(queue) < self._room:
                 queue.append(item)
@@ -105,3 +145,25 @@ class EngineHooks:
                 self.recorder.submit(item)
         except Exception as exc:
             self.recorder.count_error("engine.statement", exc)
+
+    def _in_session(self, session: "SessionEntry", engine_id: str, context: Any,
+                    statement: str, parameters: Any, executemany: bool) -> None:
+        """Per-session counts for the detectors; they run only past a threshold."""
+        counts = session.stmts
+        if counts is None:
+            counts = session.stmts = {}
+        seen = counts.get(statement)
+        detect = self.detectors
+        if seen is None:
+            if len(counts) < MAX_COUNTED:
+                # the first parameters are kept: a repeat compares against them
+                counts[statement] = [1, parameters]
+        else:
+            seen[0] += 1
+            detect.on_repeat(session, engine_id, statement, seen, parameters, executemany)
+        if context.is_crud:
+            session.txn_writes += 1
+        if session.statements == detect.per_session:
+            detect.on_many_statements(session, engine_id)
+        if session.thread_id != _get_ident():
+            detect.on_other_thread(session, engine_id)

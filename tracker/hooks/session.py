@@ -24,13 +24,16 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.orm import Session
+from sqlalchemy.orm import strategies as _strategies
 
 from ..locations import NONE, OFF, describe
+from ..rules import Finding
 from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry, mark_ended
 from ..snapshot import identity_of, same_value
 from . import ListenerSet
 
 if TYPE_CHECKING:
+    from ..detectors import Detectors
     from ..locations import LocationFinder
     from ..recorder import Recorder
     from ..registry import Registry
@@ -43,6 +46,9 @@ FINDING = "finding"
 MAX_EVIDENCE = 10
 
 _PATCHED = "__retort_patched__"
+# the lazy loader strategy: LazyLoader in SQLAlchemy 2.0, _LazyLoader in 2.1
+LazyLoader: Any = (getattr(_strategies, "LazyLoader", None)
+                   or getattr(_strategies, "_LazyLoader", None))
 _NOTHING: frozenset[int] = frozenset()
 
 
@@ -62,8 +68,10 @@ class SessionHooks:
 
     def __init__(self, registry: "Registry", sessions: "SessionRegistry",
                  recorder: "Recorder", finder: "LocationFinder",
-                 capture_locations: str) -> None:
+                 capture_locations: str, detectors: "Detectors") -> None:
         self.registry = registry
+        self.detectors = detectors
+        self._original_lazyload: Callable[..., Any] | None = None
         self.sessions = sessions
         self.finder = finder
         self.capture_locations = capture_locations
@@ -94,7 +102,9 @@ class SessionHooks:
             except AttributeError:
                 pass
             del Session.__retort_patched__  # type: ignore[attr-defined]
-        self._original_close = self._original_merge = None
+            if self._original_lazyload is not None:
+                LazyLoader._emit_lazyload = self._original_lazyload  # type: ignore[method-assign]
+        self._original_close = self._original_merge = self._original_lazyload = None
 
     def _patch(self) -> None:
         if Session.__dict__.get(_PATCHED) or "__del__" in Session.__dict__:
@@ -138,6 +148,41 @@ class SessionHooks:
         Session.merge = merge  # type: ignore[method-assign]
         Session.__del__ = __del__  # type: ignore[attr-defined]
         Session.__retort_patched__ = True  # type: ignore[attr-defined]
+        self._patch_lazy_loads()
+
+    def _patch_lazy_loads(self) -> None:
+        """Wrap the lazy loader's SQL path (private, present in SQLAlchemy 2.0 and
+        2.1): a lazy load answered from the identity map never gets there, so only
+        loads that cost a SELECT are counted. Without it, N+1 detection is off."""
+        original = LazyLoader.__dict__.get("_emit_lazyload") if LazyLoader else None
+        if original is None:
+            return
+        hooks = self
+
+        def _emit_lazyload(loader: Any, session: Session, state: Any, *args: Any,
+                           **kwargs: Any) -> Any:
+            entry = None
+            try:
+                entry = hooks.on_lazy_load(loader, session, state)
+            except Exception as exc:
+                hooks.recorder.count_error("session.lazy_load", exc)
+            if entry is None:
+                return original(loader, session, state, *args, **kwargs)
+            outer, entry.in_lazy = entry.in_lazy, str(loader.parent_property)
+            try:
+                return original(loader, session, state, *args, **kwargs)
+            finally:
+                entry.in_lazy = outer
+
+        _emit_lazyload.__wrapped__ = original  # type: ignore[attr-defined]
+        self._original_lazyload = original
+        LazyLoader._emit_lazyload = _emit_lazyload  # type: ignore[method-assign]
+
+    def on_lazy_load(self, loader: Any, session: Session, state: Any) -> SessionEntry:
+        entry = self._entry(session)
+        engine_id = entry.engines[-1] if entry.engines else ""
+        self.detectors.on_lazy_load(entry, engine_id, loader.parent_property, state)
+        return entry
 
     # -- listeners -------------------------------------------------------------------
 
@@ -160,6 +205,7 @@ class SessionHooks:
                 entry.txn_since = time.time()
                 entry.ended = entry.end = None
                 entry.thread_id = _get_ident()
+                entry.txn_writes = 0
                 entry.log("begin")
             engine = connection.engine
             engine_entry = (self.registry.engines.get(id(engine))
@@ -187,10 +233,14 @@ class SessionHooks:
                     if by_conn.get(key) is entry:
                         del by_conn[key]
                 entry.conns = {}
+            lifecycle = entry.lifecycle
+            explicit = bool(lifecycle) and lifecycle[-1][1] in ("commit", "rollback")
+            if entry.txn_writes and not explicit:
+                self._report_not_committed(entry)
+            entry.txn_writes = 0
             if entry.state != CLOSED:
                 entry.state = IDLE
-                lifecycle = entry.lifecycle
-                if not lifecycle or lifecycle[-1][1] not in ("commit", "rollback"):
+                if not explicit:
                     entry.log("end")  # ended without commit or rollback
             entry.txn_since = None
         except Exception as exc:
@@ -232,6 +282,16 @@ class SessionHooks:
             entry.log("flush")
         except Exception as exc:
             self.recorder.count_error("session.after_flush_postexec", exc)
+
+    def _report_not_committed(self, entry: SessionEntry) -> None:
+        writes = entry.txn_writes
+        self.detectors.report(Finding(
+            "transaction-not-committed",
+            f"session {entry.sid} ended its transaction without commit after {writes} "
+            f"INSERT/UPDATE/DELETE statement{'s' if writes != 1 else ''}: the database "
+            f"rolled them back",
+            {"writes": writes, "flushes": entry.flushes},
+            engine=entry.engines[-1] if entry.engines else "", session=entry.sid))
 
     # -- close and garbage collection --------------------------------------------------
 
