@@ -144,7 +144,7 @@ class Detectors:
             evidence = {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
                         "table": fp.table}
             if self.capture_parameters and self.redactor is not None:
-                evidence["params"] = self.redactor.parameters(parameters)
+                evidence["params"] = self.redactor.parameters(parameters, None)
             self.report(Finding(
                 "repeated-query",
                 f"the same SELECT on {fp.table or 'a table'} with the same parameters ran "
@@ -192,12 +192,12 @@ class Detectors:
             engine=engine_id, session=sid))
 
     def on_slow(self, engine_id: str, session: "SessionEntry | None", statement: str,
-                seconds: float, rows: int, parameters: Any) -> None:
+                seconds: float, rows: int, parameters: Any, context: Any) -> None:
         stack = self._stack()
         lines = describe(stack)
         params = None
         if self.capture_parameters and self.redactor is not None:
-            params = self.redactor.parameters(parameters)
+            params = self.redactor.parameters(parameters, _bind_names(context))
         fp = fingerprint(statement)
         self.recorder.submit((SLOW, [
             "slow_statement", time.time(), engine_id, fp.fp, fp.sql, seconds, rows,
@@ -230,3 +230,11 @@ class Detectors:
              "collection": bool(prop.uselist), "count": seen, "fix": fix,
              "table": getattr(prop.target, "name", "")},
             engine=engine_id, session=session.sid))
+
+
+def _bind_names(context: Any) -> Any:
+    """The bind parameter names of a positional statement, in order (SQLAlchemy's
+    compiled ``positiontup``), so that positional values can be redacted by name."""
+    compiled = getattr(context, "compiled", None)
+    names = getattr(compiled, "positiontup", None)
+    return list(names) if names else None

@@ -135,7 +135,7 @@ class EngineHooks:
                 detect = self.detectors
                 if seconds >= detect.slow:
                     detect.on_slow(entry.id, session, statement, seconds, rows,
-                                   parameters)
+                                   parameters, context)
                 if rows >= detect.large_rows:
                     detect.on_large(entry.id, session, statement, rows)
             queue = self._queue
@@ -160,7 +160,10 @@ class EngineHooks:
                 counts[statement] = [1, parameters]
         else:
             seen[0] += 1
-            detect.on_repeat(session, engine_id, statement, seen, parameters, executemany)
+            # context.executemany: an "insertmanyvalues" batch that SQLAlchemy runs
+            # row by row (e.g. RETURNING on SQLite) is still one executemany for the app
+            detect.on_repeat(session, engine_id, statement, seen, parameters,
+                             executemany or context.executemany)
         if context.is_crud:
             session.txn_writes += 1
         if session.statements == detect.per_session:
