@@ -1,12 +1,14 @@
 """Admin: apps, their agent tokens (created here or with ``create_agent_token``),
-processes and engines (read-only)."""
+processes and engines; advice (status editable, audited on the findings page only),
+statement statistics, slow statements and the audit log (read-only)."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from .models import AgentToken, App, Engine, Process
+from .models import (AgentToken, Advice, App, AuditLog, Engine, Process, SlowStatement,
+                     StatementStat)
 
 
 class AgentTokenInline(admin.TabularInline):
@@ -71,4 +73,44 @@ class EngineAdmin(admin.ModelAdmin):
     list_display = ("name", "process", "dialect", "driver", "url")
 
     def has_add_permission(self, request):
+        return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """What agents reported, or what was audited: viewed here, never edited."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Advice)
+class AdviceAdmin(ReadOnlyAdmin):
+    list_display = ("rule", "app", "engine_name", "location", "severity", "status", "count",
+                    "first_seen", "last_seen")
+    list_filter = ("app", "severity", "status", "rule")
+    search_fields = ("rule", "location", "message")
+
+
+@admin.register(StatementStat)
+class StatementStatAdmin(ReadOnlyAdmin):
+    list_display = ("fp", "engine", "op", "table", "count", "total", "max", "updated_at")
+    search_fields = ("fp", "sql")
+
+
+@admin.register(SlowStatement)
+class SlowStatementAdmin(ReadOnlyAdmin):
+    list_display = ("at", "engine", "seconds", "rows", "fp", "location")
+    search_fields = ("fp", "sql")
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdmin):
+    list_display = ("at", "actor_name", "app", "action", "target", "result")
+    list_filter = ("action", "app")
+    search_fields = ("actor_name", "target")
+
+    def has_delete_permission(self, request, obj=None):
         return False

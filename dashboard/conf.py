@@ -43,6 +43,14 @@ DEFAULTS: dict[str, Any] = {
     # latter at most tracker.protocol.MAX_SNAPSHOT_ENTITIES)
     "SESSIONS_PER_PAGE": 100,
     "ENTITIES_PER_PAGE": 100,
+    # statement fingerprints kept per engine (the most recently updated)
+    "STATEMENTS_PER_ENGINE": 1000,
+    # slow statements kept per engine (the newest)
+    "SLOW_STATEMENTS_PER_ENGINE": 100,
+    # fingerprints listed on a statements page (the first by its sort)
+    "STATEMENTS_PER_PAGE": 100,
+    # advice (grouped findings) kept per app, the most recently seen
+    "ADVICE_PER_APP": 2000,
 }
 
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from tracker.protocol import event_dict
 
-from . import conf, session_ingest
+from . import advice, capacity, conf, session_ingest, statement_ingest
 from .models import AgentToken, Engine, Finding, PoolEvent, PoolSample, Process
 from .retention import keep_newest
 
@@ -29,6 +29,8 @@ class Stored:
     engines: list[int] = field(default_factory=list)
     sessions: list[int] = field(default_factory=list)
     findings: int = 0
+    # statement fingerprints and slow statements stored
+    statements: int = 0
 
 
 @transaction.atomic
@@ -53,6 +55,7 @@ def register_process(token: AgentToken, hello: dict[str, Any]) -> Process:
     process.save()
     for engine in hello["engines"]:
         upsert_engine(process, engine)
+    capacity.check(process.app_id)
     # sessions still live from a connection whose end we never saw (the dashboard
     # restarted): ended until the agent reports them again (it sends every live
     # session on a new connection)
@@ -61,25 +64,30 @@ def register_process(token: AgentToken, hello: dict[str, Any]) -> Process:
 
 
 def upsert_engine(process: Process, info: dict[str, Any]) -> Engine:
-    engine, _ = Engine.objects.update_or_create(
-        process=process, key=info["id"],
-        defaults={
-            "name": info["name"][:255],
-            "dialect": info["dialect"][:64],
-            "driver": info["driver"][:64],
-            "url": info["url"][:1000],
-            "echo": info["echo"],
-            "pool": info["pool"],
-            "disposed": info.get("disposed") or 0,
-        },
-    )
+    defaults = {
+        "name": info["name"][:255],
+        "dialect": info["dialect"][:64],
+        "driver": info["driver"][:64],
+        "url": info["url"][:1000],
+        "echo": info["echo"],
+        "pool": info["pool"],
+        "disposed": info.get("disposed") or 0,
+    }
+    # the server's settings are read at the engine's first connection, after the
+    # hello: an announcement without them keeps what an earlier one said
+    if isinstance(info.get("server"), dict):
+        defaults["server"] = info["server"]
+    engine, _ = Engine.objects.update_or_create(process=process, key=info["id"],
+                                                defaults=defaults)
     return engine
 
 
 @transaction.atomic
 def store_engine(process_id: int, message: dict[str, Any]) -> int:
     process = Process.objects.get(pk=process_id)
-    return upsert_engine(process, message["engine"]).pk
+    pk = upsert_engine(process, message["engine"]).pk
+    capacity.check(process.app_id)
+    return pk
 
 
 class StateIngest:
@@ -111,13 +119,18 @@ class StateIngest:
                                     "sessions_omitted"])
         sample_every = timedelta(seconds=conf.get("POOL_SAMPLE_SECONDS"))
         updated = []
+        statements = 0
         for state in message["engines"]:
             pk = self._engine_pk(state["id"])
             if pk is None:
                 continue  # an engine not announced yet: its state comes again shortly
-            # holder ages are computed from the agent's clock: keep its timestamp
-            Engine.objects.filter(pk=pk).update(state={**state, "ts": message["ts"]},
+            # holder ages are computed from the agent's clock: keep its timestamp;
+            # statements have their own rows
+            kept = {key: value for key, value in state.items() if key != "statements"}
+            Engine.objects.filter(pk=pk).update(state={**kept, "ts": message["ts"]},
                                                 state_at=now)
+            statements += statement_ingest.store_statements(
+                pk, state.get("statements") or (), now)
             updated.append(pk)
             last = self.last_sample.get(pk)
             if last is None or now - last >= sample_every:
@@ -132,12 +145,13 @@ class StateIngest:
                                                  message.get("sessions") or (), now)
         if self.last_prune is None or now - self.last_prune > timedelta(seconds=30):
             self.prune(now)
-        return Stored(engines=updated, sessions=sessions)
+        return Stored(engines=updated, sessions=sessions, statements=statements)
 
     def prune(self, now: datetime) -> None:
         cutoff = now - timedelta(seconds=conf.get("POOL_HISTORY_SECONDS"))
         PoolSample.objects.filter(engine__process_id=self.process_id, at__lt=cutoff).delete()
         session_ingest.prune_sessions(now)
+        statement_ingest.prune(now)
         self.last_prune = now
 
     def _engine_pk(self, key: str) -> int | None:
@@ -154,11 +168,14 @@ class StateIngest:
 
     @transaction.atomic
     def store_events(self, message: dict[str, Any]) -> Stored:
-        """Store pool events, keeping the newest EVENTS_PER_ENGINE per engine, and
-        findings, keeping the newest FINDINGS_PER_PROCESS per process."""
+        """Store pool events, keeping the newest EVENTS_PER_ENGINE per engine; slow
+        statements, the newest SLOW_STATEMENTS_PER_ENGINE per engine; and findings,
+        the newest FINDINGS_PER_PROCESS per process, each also counted in its group
+        of advice."""
         touched: set[int] = set()
         rows = []
         findings = []
+        slow = []
         for raw in message["events"]:
             event = event_dict(raw)
             if event["kind"] == "finding":
@@ -168,6 +185,9 @@ class StateIngest:
                 continue
             pk = self._engine_pk(event["engine"])
             if pk is None:
+                continue
+            if event["kind"] == "slow_statement":
+                slow.append(statement_ingest.slow_statement(pk, event))
                 continue
             detail = ""
             if event["kind"] == "checkout_timeout":
@@ -184,13 +204,16 @@ class StateIngest:
         keep = conf.get("EVENTS_PER_ENGINE")
         for pk in touched:
             keep_newest(PoolEvent.objects.filter(engine_id=pk), keep, "at")
+        statement_ingest.store_slow_statements(slow)
         sessions: list[int] = []
         if findings:
             Finding.objects.bulk_create(findings)
+            advice.record(self.process_id, findings)
             session_ingest.keep_newest_findings(self.process_id)
             sessions = session_ingest.session_pks(
                 self.process_id, (row.session for row in findings if row.session))
-        return Stored(engines=sorted(touched), sessions=sessions, findings=len(findings))
+        return Stored(engines=sorted(touched), sessions=sessions, findings=len(findings),
+                      statements=len(slow))
 
 
 @transaction.atomic

@@ -1,6 +1,8 @@
 """What the dashboard stores: apps and their agent tokens, the processes that
 connected, their engines, a bounded pool history and notable pool events; the ORM
-sessions of each process, snapshots of what they track, and findings.
+sessions of each process, snapshots of what they track, and findings (each
+occurrence, and grouped per app as advice with a status); statement statistics per
+fingerprint and recent slow statements; an audit log of what users changed.
 
 Timestamps reported by an agent (a session's ``created``, a snapshot's ``taken_at``,
 a finding's ``at``) are kept on the agent's clock; ``Process.clock_offset`` turns
@@ -142,6 +144,9 @@ class Engine(models.Model):
     echo = models.BooleanField(default=False)
     pool = models.JSONField(default=dict)
     disposed = models.IntegerField(default=0)
+    # settings read from the database server when the agent may (ENGINE_INFO.server):
+    # max_connections, wait_timeout, version…; {} when not read
+    server = models.JSONField(default=dict, blank=True)
     state = models.JSONField(default=dict)
     state_at = models.DateTimeField(null=True, blank=True)
 
@@ -273,3 +278,146 @@ class Finding(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.message[:80]}"
+
+
+class Advice(models.Model):
+    """Findings of one app grouped by (rule, engine, code location): how often and
+    when the rule fired there, the last occurrence's message and evidence, and what a
+    user decided about it (acknowledged, muted).
+
+    Engines are grouped by name (``postgresql@db/shop``), so the same advice from
+    several processes, or from a restarted one, is one group. Times are on the
+    dashboard's clock (each occurrence's agent time corrected by its process's clock
+    offset): a group spans processes whose clocks differ, and is compared with the
+    time a user acknowledged it."""
+
+    OPEN, ACKNOWLEDGED, MUTED = "open", "acknowledged", "muted"
+    STATUSES = (OPEN, ACKNOWLEDGED, MUTED)
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="advice")
+    # digest of (rule, engine name, location), or of what else identifies the group
+    key = models.CharField(max_length=64)
+    rule = models.CharField(max_length=100)
+    engine_name = models.CharField(max_length=255, blank=True)  # "" when about no engine
+    # the engine (of the latest process) it was last reported on, for links
+    engine = models.ForeignKey(Engine, null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="advice")
+    location = models.CharField(max_length=1000, blank=True)
+    severity = models.CharField(max_length=16)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    count = models.BigIntegerField(default=0)
+    # the last occurrence
+    message = models.TextField(blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    session = models.CharField(max_length=32, blank=True)
+    thread = models.CharField(max_length=200, blank=True)
+    process = models.ForeignKey(Process, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="advice")
+    status = models.CharField(max_length=16, default=OPEN)
+    # who set the status last, and when (kept when an acknowledged group reopens)
+    status_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                  on_delete=models.SET_NULL, related_name="+")
+    status_at = models.DateTimeField(null=True, blank=True)
+    # it occurred again after it was acknowledged: back to open at this time
+    reopened_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "advice"
+        ordering = ["-last_seen", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["app", "key"], name="unique_advice")]
+        indexes = [models.Index(fields=["app", "status", "severity"]),
+                   models.Index(fields=["app", "last_seen"])]
+
+    def __str__(self) -> str:
+        where = f" at {self.location}" if self.location else ""
+        return f"{self.rule}{where} ({self.app})"
+
+
+class StatementStat(models.Model):
+    """One statement fingerprint of one engine: cumulative since its process started
+    (the agent sends a fingerprint again whenever it changed; the row is replaced).
+    At most STATEMENTS_PER_ENGINE per engine, the most recently updated."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE, related_name="statements")
+    fp = models.CharField(max_length=64)
+    sql = models.TextField()
+    op = models.CharField(max_length=16)
+    table = models.CharField(max_length=255, blank=True)
+    count = models.BigIntegerField()
+    errors = models.BigIntegerField()
+    total = models.FloatField()  # seconds
+    max = models.FloatField()    # seconds
+    rows = models.BigIntegerField()
+    buckets = models.JSONField(default=list)  # tracker.protocol.HIST_BOUNDS histogram
+    location = models.CharField(max_length=1000, blank=True)
+    stack = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField()  # our clock: when a frame last changed it
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["engine", "fp"],
+                                               name="unique_statement")]
+        indexes = [models.Index(fields=["engine", "updated_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.fp}: {self.sql[:80]}"
+
+
+class SlowStatement(models.Model):
+    """One statement slower than the agent's slow_statement_seconds threshold; the
+    newest SLOW_STATEMENTS_PER_ENGINE per engine are kept."""
+
+    engine = models.ForeignKey(Engine, on_delete=models.CASCADE,
+                               related_name="slow_statements")
+    at = models.DateTimeField()  # the agent's clock
+    fp = models.CharField(max_length=64)
+    sql = models.TextField()
+    seconds = models.FloatField()
+    rows = models.BigIntegerField()
+    session = models.CharField(max_length=32, blank=True)
+    thread = models.CharField(max_length=200, blank=True)
+    location = models.CharField(max_length=1000, blank=True)
+    stack = models.JSONField(default=list, blank=True)
+    # bind parameters, redacted by the agent; null unless it may capture them
+    params = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["engine", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.seconds:.3f} s: {self.sql[:80]}"
+
+
+class AuditLog(models.Model):
+    """Something a user changed, and what came of it: acknowledging or muting advice
+    now, toggles sent to agents later. Rows are never edited."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.SET_NULL, related_name="+")
+    # the name at the time, kept if the user is deleted
+    actor_name = models.CharField(max_length=150)
+    app = models.ForeignKey(App, null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="audit")
+    action = models.CharField(max_length=64)   # "advice.acknowledge", "advice.mute"…
+    target = models.CharField(max_length=500)  # what it was done to, in words
+    details = models.JSONField(default=dict, blank=True)
+    result = models.CharField(max_length=500)  # what came of it ("acknowledged", …)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.target}: {self.result}"
+
+    @classmethod
+    def record(cls, user, action: str, target: str, *, app: App | None = None,
+               details: dict | None = None, result: str = "") -> "AuditLog":
+        """Write one entry (``user`` may be None for the dashboard itself)."""
+        name = user.get_username() if user is not None else "dashboard"
+        return cls.objects.create(actor=user, actor_name=name[:150], app=app,
+                                  action=action[:64], target=target[:500],
+                                  details=details or {}, result=result[:500])

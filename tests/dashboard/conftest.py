@@ -204,6 +204,36 @@ def finding_event(session: str = "s1", engine: str = "e1", *, ts: float = STATE_
                               **evidence}]
 
 
+# -- statements ---------------------------------------------------------------------
+
+STATEMENT_SQL = "SELECT customer.id, customer.name FROM customer WHERE customer.id = ?"
+STATEMENT_LOCATION = "shop/customers.py:17 in find_customer"
+
+
+def statement_stats(fp: str = "a1b2c3d4e5f6", **overrides: Any) -> dict[str, Any]:
+    """A STATEMENT_STATS entry: 10 runs of a SELECT by primary key, 9 within 5 ms and
+    one of 0.2 s (so p95 falls in the 0.5 s bucket: the largest seen, 0.2 s)."""
+    buckets = [0] * protocol.HIST_BUCKETS
+    buckets[3] = 9   # ≤ 5 ms
+    buckets[7] = 1   # ≤ 0.5 s
+    return {"fp": fp, "sql": STATEMENT_SQL, "op": "select", "table": "customer",
+            "count": 10, "errors": 1, "total": 0.236, "max": 0.2, "rows": 10,
+            "buckets": buckets, "location": STATEMENT_LOCATION,
+            "stack": [STATEMENT_LOCATION, "shop/views.py:30 in show"], **overrides}
+
+
+def engine_state_with(*stats: dict[str, Any], engine_id: str = "e1") -> dict[str, Any]:
+    """An engine's state carrying statement statistics."""
+    return {**engine_state(engine_id), "statements": list(stats)}
+
+
+def slow_statement(engine_id: str = "e1", *, ts: float = STATE_TS, seconds: float = 1.25,
+                   fp: str = "a1b2c3d4e5f6", params: Any = None) -> list:
+    return ["slow_statement", ts, engine_id, fp, STATEMENT_SQL, seconds, 1, "s1",
+            "worker-1", STATEMENT_LOCATION, [STATEMENT_LOCATION, "shop/views.py:30 in show"],
+            params]
+
+
 def checkout_timeout(engine_id: str = "e1", *, ts: float = TIMEOUT_TS,
                      waited: Any = 30.0042) -> list:
     return ["checkout_timeout", ts, engine_id, "worker-3", HOLDER_LOCATION, waited]
@@ -352,8 +382,9 @@ def counts() -> dict[str, int]:
 
 def rows() -> dict[str, list[dict[str, Any]]]:
     """Every stored row of the ingest tables, to prove a refusal changed nothing."""
-    from dashboard.models import (Engine, Finding, PoolEvent, PoolSample, Process,
-                                  SessionSnapshot, TrackedSession)
+    from dashboard.models import (Advice, AuditLog, Engine, Finding, PoolEvent, PoolSample,
+                                  Process, SessionSnapshot, SlowStatement, StatementStat,
+                                  TrackedSession)
 
     return {
         "processes": list(Process.objects.order_by("pk").values()),
@@ -364,6 +395,10 @@ def rows() -> dict[str, list[dict[str, Any]]]:
         "session_engines": list(TrackedSession.engines.through.objects.order_by("pk").values()),
         "snapshots": list(SessionSnapshot.objects.order_by("pk").values()),
         "findings": list(Finding.objects.order_by("pk").values()),
+        "advice": list(Advice.objects.order_by("pk").values()),
+        "statements": list(StatementStat.objects.order_by("pk").values()),
+        "slow_statements": list(SlowStatement.objects.order_by("pk").values()),
+        "audit": list(AuditLog.objects.order_by("pk").values()),
     }
 
 
