@@ -34,6 +34,7 @@ from .recorder import Recorder
 from .registry import EngineEntry, PoolEntry, Registry, engine_info
 from .stats import EngineStats
 from .watch import Watch
+from .engine_checks import EngineChecks
 from .worker import Worker
 
 log = logging.getLogger("tracker")
@@ -75,6 +76,7 @@ class Agent:
                                         self.finder, config.capture_locations,
                                         self.sessions if config.track_sessions else None)
         self.watch = Watch(self, self.detectors)
+        self.engine_checks = EngineChecks(self)
         self.controls: dict[str, ControlHandler] = {"snapshot": self._snapshot_control}
         self.dashboard_process_id: int | None = None
         self.worker = Worker(self)

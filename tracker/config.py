@@ -26,6 +26,7 @@ ENV = {
     "track_sessions": "RETORT_TRACK_SESSIONS",
     "secret_words": "RETORT_SECRET_WORDS",
     "thresholds": "RETORT_THRESHOLDS",
+    "read_server_settings": "RETORT_READ_SERVER_SETTINGS",
 }
 
 
@@ -66,6 +67,9 @@ class AgentConfig:
     #: agent renders. Environment: comma-separated; a leading "+" adds to the defaults
     #: (``RETORT_SECRET_WORDS=+dob,salary``).
     secret_words: tuple[str, ...] = DEFAULT_SECRET_WORDS
+    #: Read the database server's settings (wait_timeout, max_connections…) once per
+    #: engine, on one pooled connection, for the configuration checks.
+    read_server_settings: bool = True
     #: Overrides of the advisor's thresholds (names and defaults: tracker.rules.THRESHOLDS).
     #: Environment: ``RETORT_THRESHOLDS=n_plus_one=3,slow_statement_seconds=0.2``.
     thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)

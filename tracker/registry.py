@@ -54,7 +54,7 @@ class EngineEntry:
     """One engine (or, for a pool used without an engine, that pool alone)."""
 
     __slots__ = ("id", "name", "engine_ref", "created", "disposed", "pool_id", "revision",
-                 "__weakref__")
+                 "server", "__weakref__")
 
     def __init__(self, engine_id: str, name: str, engine: Engine | None) -> None:
         self.id = engine_id
@@ -66,6 +66,8 @@ class EngineEntry:
         self.pool_id: int | None = None
         #: bumped whenever what engine_info() reports changes (adoption, new pool)
         self.revision = 0
+        #: the server's settings, once read (tracker/engine_checks.py)
+        self.server: dict[str, Any] | None = None
 
     def engine(self) -> Engine | None:
         return self.engine_ref() if self.engine_ref is not None else None
@@ -187,6 +189,8 @@ def engine_info(entry: EngineEntry, engine: Engine | None, pool: Pool | None) ->
         "created": entry.created,
         "disposed": entry.disposed,
     }
+    if entry.server:
+        info["server"] = dict(entry.server)
     if engine is not None:
         info.update(
             dialect=engine.dialect.name,

@@ -328,6 +328,8 @@ class Worker:
                 self._event(event)
         for event in self.agent.watch.check():
             self._event(event)
+        if self.agent.run_worker:
+            self.agent.engine_checks.start_due()  # tests run them with .run(.due())
         return message
 
     def _announce_engines(self) -> None:

@@ -1,0 +1,70 @@
+"""Configuration checks of the engines the agent finds, run once per engine (and again
+after ``engine.dispose()`` replaced its pool), off the application's threads.
+
+Reading the server's settings (``wait_timeout``, ``max_connections``…) takes a pooled
+connection and a round trip, possibly a connect timeout when the server is down, so it
+runs in a short-lived thread of its own, never in a hook and never in the worker's
+round. Only when ``read_server_settings`` allows it; without, the rules that need the
+server say so in their message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .registry import EngineEntry
+
+FINDING = "finding"
+
+
+class EngineChecks:
+    """Checks each engine once per pool; findings go through the recorder."""
+
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        #: (engine id, pool id) already checked or being checked
+        self.done: set[tuple[str, int | None]] = set()
+
+    def due(self) -> list[tuple["EngineEntry", Any]]:
+        """Live engines not checked yet with their current pool (worker thread)."""
+        out = []
+        for entry, engine in self.agent.registry.live_engines():
+            if engine is None or entry.pool_id is None:
+                continue
+            key = (entry.id, entry.pool_id)
+            if key not in self.done:
+                self.done.add(key)
+                out.append((entry, engine))
+        return out
+
+    def start_due(self) -> None:
+        """Check new engines in a background thread (worker thread)."""
+        due = self.due()
+        if due:
+            threading.Thread(target=self.run, args=(due,), name="retort-checks",
+                             daemon=True).start()
+
+    def run(self, due: list[tuple["EngineEntry", Any]]) -> None:
+        """Check ``due`` engines now, in this thread; never raises."""
+        for entry, engine in due:
+            try:
+                self.check(entry, engine)
+            except Exception as exc:
+                self.agent.recorder.count_error("engine_checks", exc)
+
+    def check(self, entry: "EngineEntry", engine: Any) -> None:
+        from .checks import engine_findings, server_settings
+
+        server: dict[str, Any] | None = None
+        if self.agent.config.read_server_settings and engine.dialect.name != "sqlite":
+            server = server_settings(engine)
+            if server:
+                entry.server = server
+                entry.revision += 1  # the worker announces the engine again, with it
+        for finding in engine_findings(engine, server):
+            finding.engine = entry.id
+            self.agent.recorder.submit((FINDING, finding.event(time.time())))
