@@ -67,13 +67,19 @@ def count(workload: str, on: bool, ops: int) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as out:
         prefix = os.path.join(out, "cg")
         env = dict(os.environ, PYTHONHASHSEED="0")
-        subprocess.run(
+        done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
              f"--callgrind-out-file={prefix}.%p", sys.executable, __file__, "--child",
              workload, "on" if on else "off", str(ops)],
-            env=env, check=True, capture_output=True)
+            env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{workload} ({'on' if on else 'off'}, {ops} ops) failed:\n"
+                               + done.stderr[-2000:])
         totals: list[int] = []
-        for path in sorted(Path(out).iterdir(), key=lambda p: _thread_no(p.name)):
+        # with --separate-threads, one file per thread: cg.<pid>-01 (the main thread),
+        # -02…; a file without the suffix holds no counts
+        threads = [p for p in Path(out).iterdir() if _thread_no(p.name)]
+        for path in sorted(threads, key=lambda p: _thread_no(p.name)):
             match = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.M)
             totals.append(int(match.group(1)) if match else 0)
     return totals[0], sum(totals[1:])
