@@ -26,3 +26,14 @@ def app_sessions(pk: int) -> str:
 def session(pk: int) -> str:
     """Open pages of tracked session ``pk``."""
     return f"session-{pk}"
+
+
+def app_findings(pk: int) -> str:
+    """Open findings pages of app ``pk``."""
+    return f"app-findings-{pk}"
+
+
+def app_statements(pk: int) -> str:
+    """Open statements pages of app ``pk``'s engines (a page aggregates an engine
+    over the app's processes, so any of them may change it)."""
+    return f"app-statements-{pk}"

@@ -1,11 +1,16 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from .views import pages
+from .views import findings, pages
 
 urlpatterns = [
     path("", pages.overview, name="overview"),
     path("engines/<int:pk>/", pages.engine_detail, name="engine"),
+    path("engines/<int:pk>/statements/", pages.engine_statements, name="statements"),
+    path("apps/<int:pk>/findings/", findings.app_findings, name="findings"),
+    path("findings/<int:pk>/<str:action>/", findings.advice_action, name="advice-action"),
+    path("rules/", findings.rules, name="rules"),
+    path("rules/<slug:rule_id>/", findings.rule, name="rule"),
     path("apps/<int:pk>/sessions/", pages.app_sessions, name="sessions"),
     path("sessions/<int:pk>/", pages.session_detail, name="session"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -16,6 +16,7 @@ from django.db.models import Count, Prefetch, Q
 from .. import conf
 from ..session_ingest import end_sessions_of_silent_processes
 from ..models import App, Engine, PoolSample, Process, TrackedSession
+from . import findings
 from .charts import pool_timeline
 
 
@@ -25,13 +26,16 @@ def overview_context() -> dict[str, Any]:
     since = timezone.now() - timedelta(seconds=conf.get("RECENT_PROCESS_SECONDS"))
     end_sessions_of_silent_processes(timezone.now())
     recent = Process.objects.filter(Q(connected=True) | Q(last_seen__gte=since))
-    apps = App.objects.prefetch_related(
+    apps = list(App.objects.prefetch_related(
         Prefetch("processes", queryset=recent.prefetch_related("engines"), to_attr="recent"),
     ).annotate(
         process_count=Count("processes", distinct=True),
         live_sessions=Count("processes__sessions", distinct=True,
                             filter=Q(processes__sessions__ended_at__isnull=True)),
-    )
+    ))
+    open_findings = findings.open_counts()
+    for app in apps:
+        app.open_findings = open_findings.get(app.pk, [])
     return {"apps": apps, "recent_seconds": conf.get("RECENT_PROCESS_SECONDS")}
 
 

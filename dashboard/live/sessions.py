@@ -16,7 +16,8 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from .. import conf, control
-from ..models import App, Engine, Finding, Process, SessionSnapshot, TrackedSession
+from ..models import (App, Engine, Finding, Process, SessionSnapshot, StatementStat,
+                      TrackedSession)
 from ..session_ingest import end_sessions_of_silent_processes, when
 
 #: sort key → (what the header says, ORDER BY)
@@ -229,6 +230,21 @@ def change_rows(change: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def repeats(session: TrackedSession) -> list[dict[str, Any]]:
+    """The session's most repeated statements (``SESSION.repeats``: [fp, count,
+    distinct parameter sets or -1]), with each fingerprint's SQL when its engine
+    reported it. Entries that are not that shape, or ran once, are left out."""
+    entries = [entry for entry in session.summary.get("repeats") or ()
+               if isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[0], str)
+               and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[1:3])
+               and entry[1] > 1]
+    sql = dict(StatementStat.objects.filter(
+        engine__process_id=session.process_id, fp__in={entry[0] for entry in entries}
+    ).values_list("fp", "sql")) if entries else {}
+    return [{"fp": fp, "count": count, "distinct": distinct if distinct >= 0 else None,
+             "sql": sql.get(fp, "")} for fp, count, distinct, *_ in entries]
+
+
 def session_context(session: TrackedSession, query: Mapping[str, Any]) -> dict[str, Any]:
     if session.ended_at is None and end_sessions_of_silent_processes(timezone.now()):
         session.refresh_from_db()
@@ -268,6 +284,7 @@ def session_context(session: TrackedSession, query: Mapping[str, Any]) -> dict[s
         "engines": [engines[key] for key in summary.get("engines", ()) if key in engines],
         "by_class": sorted(summary.get("by_class", {}).items(), key=lambda kv: (-kv[1], kv[0])),
         "lifecycle": lifecycle,
+        "repeats": repeats(session),
         "args": args,
         "snapshot": snapshot,
         "data": data,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone as dt_timezone
 
 from django import template
@@ -53,3 +54,17 @@ def clock(moment: datetime | None) -> str:
 def lines(items: list | None) -> str:
     """A list as text, one item per line (for a stack in a title attribute)."""
     return "\n".join(str(item) for item in items or ())
+
+
+@register.filter
+def compact_json(value) -> str:
+    """Free JSON (bind parameters…) on one line: {"id": 7, "name": "x"}."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+@register.filter
+def ago(seconds: float | None) -> str:
+    """How long ago, from seconds: 'just now' under a second, else '3.20 s ago'."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return "–"
+    return "just now" if seconds < 1 else f"{duration(seconds)} ago"

@@ -1,12 +1,12 @@
-"""Overview, engine, sessions and session pages: first paint of the same fragments
-the live socket pushes afterwards."""
+"""Overview, engine, statements, sessions and session pages: first paint of the same
+fragments the live socket pushes afterwards."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from ..live import fragments, sessions
+from ..live import fragments, sessions, statements
 from ..models import App, Engine, TrackedSession
 
 
@@ -17,6 +17,13 @@ def overview(request: HttpRequest) -> HttpResponse:
 def engine_detail(request: HttpRequest, pk: int) -> HttpResponse:
     engine = get_object_or_404(Engine.objects.select_related("process__app"), pk=pk)
     return render(request, "dashboard/engine.html", fragments.engine_context(engine))
+
+
+def engine_statements(request: HttpRequest, pk: int) -> HttpResponse:
+    engine = get_object_or_404(Engine.objects.select_related("process__app"), pk=pk)
+    filters = statements.StatementFilters.from_query(request.GET)
+    return render(request, "dashboard/statements.html",
+                  statements.statements_context(engine, filters))
 
 
 def app_sessions(request: HttpRequest, pk: int) -> HttpResponse:

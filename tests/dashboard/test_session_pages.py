@@ -268,7 +268,9 @@ def test_the_sessions_page_lists_the_apps_findings(view, tracked):
                                        ts=STATE_TS + 1))))
     html = view(sessions_url(tracked))
     findings = html.split('<section id="sessions-findings" class="card">')[1]
-    assert '<h2>Findings <span class="muted small">(the newest 2)</span></h2>' in findings
+    assert ('<h2>Findings <span class="muted small">(the newest 2)</span> <a class="small '
+            f'findings-link" href="/apps/{tracked.app.pk}/findings/">grouped, with fixes →</a>'
+            '</h2>') in findings
     assert re.findall(r'data-rule="([^"]+)"', findings) == [
         "detached-modification", "lost-changes-on-close"]
     assert f'<td><a href="/sessions/{tracked.session.pk}/">s1</a></td>' in findings
@@ -282,8 +284,9 @@ def test_the_overview_links_each_app_to_its_sessions_with_the_live_count(view, t
     report(tracked, session_summary("s2"), ended_summary("s3"))
     App.objects.create(name="billing")
     html = view("/")
-    assert (f'<p class="small"><a class="sessions-link" href="/apps/{tracked.app.pk}'
-            f'/sessions/">2 live sessions</a></p>') in html
+    assert (f'<p class="small app-links"><a class="sessions-link" href="/apps/{tracked.app.pk}'
+            f'/sessions/">2 live sessions</a> · <a class="findings-link" '
+            f'href="/apps/{tracked.app.pk}/findings/">no open finding</a></p>') in html
     assert html.count('class="sessions-link"') == 1  # billing has no process yet
     # the per-app count does not multiply the process count
     assert "1 process in all" not in html
