@@ -9,7 +9,8 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
 from .consumers.agent import AgentConsumer
-from .consumers.live import EngineLive, OverviewLive, SessionLive, SessionsLive
+from .consumers.live import (EngineLive, FindingsLive, OverviewLive, SessionLive, SessionsLive,
+                             StatementsLive)
 
 
 def browser(app: Any) -> Any:
@@ -21,6 +22,8 @@ websocket_routes = URLRouter([
     path("ws/agent/", AgentConsumer.as_asgi()),
     path("ws/live/overview/", browser(OverviewLive.as_asgi())),
     path("ws/live/engine/<int:pk>/", browser(EngineLive.as_asgi())),
+    path("ws/live/engine/<int:pk>/statements/", browser(StatementsLive.as_asgi())),
     path("ws/live/app/<int:pk>/sessions/", browser(SessionsLive.as_asgi())),
+    path("ws/live/app/<int:pk>/findings/", browser(FindingsLive.as_asgi())),
     path("ws/live/session/<int:pk>/", browser(SessionLive.as_asgi())),
 ])

@@ -117,24 +117,27 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.send(bytes_data=protocol.encode(
             {"t": "welcome", "process": process.pk,
              "interval": float(getattr(settings, "RETORT_AGENT_INTERVAL", 0.5))}))
-        await self.notify(groups.OVERVIEW, groups.app_sessions(process.app_id))
+        # findings too: the dashboard's own capacity check ran with the hello
+        await self.notify(groups.OVERVIEW, groups.app_sessions(process.app_id),
+                          groups.app_findings(process.app_id))
 
     async def on_engine(self, message: dict[str, Any]) -> None:
         pk = await database_sync_to_async(ingest.store_engine)(self.process_id, message)
         self.state_ingest.forget_engine(message["engine"]["id"])
-        await self.notify(groups.OVERVIEW, groups.engine(pk))
+        await self.notify(groups.OVERVIEW, groups.engine(pk), groups.app_findings(self.app_id))
 
     async def on_state(self, message: dict[str, Any]) -> None:
         stored = await database_sync_to_async(self.state_ingest.store)(message)
         # the sessions page on every frame: the ages and "idle in transaction" it
         # shows move on even when no session changed
         await self.notify(groups.OVERVIEW, groups.app_sessions(self.app_id),
-                          *self.pages(stored))
+                          *self.pages(stored), *self.statement_pages(stored))
 
     async def on_events(self, message: dict[str, Any]) -> None:
         stored = await database_sync_to_async(self.state_ingest.store_events)(message)
-        extra = (groups.app_sessions(self.app_id),) if stored.findings else ()
-        await self.notify(*extra, *self.pages(stored))
+        extra = ((groups.app_sessions(self.app_id), groups.app_findings(self.app_id),
+                  groups.OVERVIEW) if stored.findings else ())
+        await self.notify(*extra, *self.pages(stored), *self.statement_pages(stored))
 
     async def on_ack(self, message: dict[str, Any]) -> None:
         log.info("agent %s acknowledged %s: %s", self.process_id, message["id"][:200],
@@ -180,6 +183,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
         """The groups of the pages showing what a frame changed."""
         return ([groups.engine(pk) for pk in stored.engines]
                 + [groups.session(pk) for pk in stored.sessions])
+
+    def statement_pages(self, stored: ingest.Stored) -> list[str]:
+        return [groups.app_statements(self.app_id)] if stored.statements else []
 
     async def notify(self, *names: str) -> None:
         for name in names:

@@ -21,7 +21,7 @@ from django.http import QueryDict
 from tracker import protocol
 
 from .. import conf, control, groups
-from ..live import fragments, sessions
+from ..live import findings, fragments, sessions, statements
 
 log = logging.getLogger("dashboard.live")
 
@@ -106,6 +106,38 @@ class EngineLive(LiveConsumer):
 
 def _query(scope: dict[str, Any]) -> QueryDict:
     return QueryDict(scope.get("query_string", b"").decode("latin-1"))
+
+
+class StatementsLive(LiveConsumer):
+    """An engine's statements page (aggregated over the app's processes), sorted."""
+
+    def resolve(self) -> bool:
+        from ..models import Engine
+
+        self.engine_pk = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.filters = statements.StatementFilters.from_query(_query(self.scope))
+        app_pk = (Engine.objects.filter(pk=self.engine_pk)
+                  .values_list("process__app_id", flat=True).first())
+        self.group = groups.app_statements(app_pk or 0)
+        return app_pk is not None
+
+    def render(self) -> str:
+        return statements.statements(self.engine_pk, self.filters, oob=True)
+
+
+class FindingsLive(LiveConsumer):
+    """An app's findings page, with its filters."""
+
+    def resolve(self) -> bool:
+        from ..models import App
+
+        self.app_pk = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.group = groups.app_findings(self.app_pk)
+        self.filters = findings.FindingFilters.from_query(_query(self.scope))
+        return App.objects.filter(pk=self.app_pk).exists()
+
+    def render(self) -> str:
+        return findings.findings(self.app_pk, self.filters, oob=True)
 
 
 class SessionsLive(LiveConsumer):
