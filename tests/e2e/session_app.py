@@ -4,6 +4,8 @@
     idle        open another session that reads one row and stays in its transaction
     statements  just answer (with the count)
     commit      commit and close the changes session
+    discard     close the changes session without committing (the agent reports
+                lost-changes-on-close)
 
 Every command is answered with one line: ``ok statements=<n> session=<sid> pid=<pid>``
 where n counts every statement the database received (the app's own listener) and sid
@@ -32,6 +34,10 @@ def open_idle_transaction(engine: sa.Engine) -> None:
     session.get(Customer, 3)  # begins a transaction that nobody ends
 
 
+def discard_changes() -> None:
+    sessions["changes"].close()  # the changes are lost: nothing was flushed
+
+
 def main() -> None:
     engine = sa.create_engine(sys.argv[1])
     seed(engine)
@@ -53,6 +59,8 @@ def main() -> None:
         elif command == "commit":
             sessions["changes"].commit()
             sessions["changes"].close()
+        elif command == "discard":
+            discard_changes()
         print(f"ok statements={len(statements)} session={sid} pid={os.getpid()}", flush=True)
 
 
