@@ -439,3 +439,18 @@ def test_the_engine_page_shows_the_servers_settings(view, tracked):
     assert ('<dt>server</dt><dd class="server"><span class="muted">max_connections</span> 100 · '
             '<span class="muted">wait_timeout</span> 28800</dd>') in html
     assert capacity.check(tracked.app.pk) == []  # 15 of 100
+
+
+def test_the_admin_shows_advice_statements_and_the_audit_log_read_only(frozen, tracked,
+                                                                      admin_client):
+    report(tracked, finding_event())
+    advice.change_status(group().pk, "mute", None)
+    for model in ("advice", "statementstat", "slowstatement", "auditlog"):
+        assert admin_client.get(f"/admin/dashboard/{model}/").status_code == 200
+        assert admin_client.get(f"/admin/dashboard/{model}/add/").status_code == 403
+    entry = AuditLog.objects.get()
+    assert (entry.actor, entry.actor_name) == (None, "dashboard")
+    assert admin_client.get(f"/admin/dashboard/auditlog/{entry.pk}/change/").status_code == 200
+    assert admin_client.post(f"/admin/dashboard/auditlog/{entry.pk}/delete/",
+                             {"post": "yes"}).status_code == 403
+    assert AuditLog.objects.count() == 1
