@@ -47,6 +47,9 @@ class EngineHooks:
                  sessions: "SessionRegistry | None" = None) -> None:
         self.registry = registry
         self.detectors = detectors
+        self._slow = detectors.slow
+        self._large_rows = detectors.large_rows
+        self._engines = registry.engines  # the same dict for the registry's life
         self.finder = finder
         self._locate = capture_locations != OFF
         self._located: set[str] = set()
@@ -71,10 +74,10 @@ class EngineHooks:
         try:
             context.dialect.do_execute(cursor, statement, parameters, context)
         except BaseException:
-            self._record(context, cursor, statement, parameters, perf_counter() - t0,
+            self._record(context, cursor, statement, parameters, t0,
                          False, failed=True)
             raise
-        self._record(context, cursor, statement, parameters, perf_counter() - t0, False)
+        self._record(context, cursor, statement, parameters, t0, False)
         return True
 
     def _do_executemany_evt(self, cursor: Any, statement: str, parameters: Any,
@@ -83,10 +86,10 @@ class EngineHooks:
         try:
             context.dialect.do_executemany(cursor, statement, parameters, context)
         except BaseException:
-            self._record(context, cursor, statement, parameters, perf_counter() - t0,
+            self._record(context, cursor, statement, parameters, t0,
                          True, failed=True)
             raise
-        self._record(context, cursor, statement, parameters, perf_counter() - t0, True)
+        self._record(context, cursor, statement, parameters, t0, True)
         return True
 
     def _do_execute_no_params_evt(self, cursor: Any, statement: str, context: Any) -> bool:
@@ -94,17 +97,20 @@ class EngineHooks:
         try:
             context.dialect.do_execute_no_params(cursor, statement, context)
         except BaseException:
-            self._record(context, cursor, statement, None, perf_counter() - t0, False,
+            self._record(context, cursor, statement, None, t0, False,
                          failed=True)
             raise
-        self._record(context, cursor, statement, None, perf_counter() - t0, False)
+        self._record(context, cursor, statement, None, t0, False)
         return True
 
     def _record(self, context: Any, cursor: Any, statement: str, parameters: Any,
-                seconds: float, executemany: bool, failed: bool = False) -> None:
+                t0: float, executemany: bool, failed: bool = False) -> None:
+        # the hottest path of the agent: every statement of the application
+        now = perf_counter()
+        seconds = now - t0
         try:
             engine = context.engine
-            entry = self.registry.engines.get(id(engine))
+            entry = self._engines.get(id(engine))
             if entry is None:
                 entry = self.registry.engine_entry(engine)  # an engine seen the first time
             session = None
@@ -114,7 +120,7 @@ class EngineHooks:
                 if session is not None:
                     # written only by the thread using that session
                     session.statements += 1
-                    session.last_t = perf_counter()
+                    session.last_t = now
                     self._in_session(session, entry.id, context, statement, parameters,
                                      executemany)
             if failed:
@@ -122,7 +128,7 @@ class EngineHooks:
             else:
                 # drivers report -1 (or nothing) when they do not know, e.g. for a
                 # SELECT on sqlite3; psycopg and PyMySQL count the rows they buffered
-                rows = getattr(cursor, "rowcount", -1)
+                rows = cursor.rowcount
                 stack = None
                 located = self._located
                 if statement not in located:
@@ -132,12 +138,11 @@ class EngineHooks:
                     located.add(statement)
                     stack = self.finder.capture() if self._locate else None
                 item = (STATEMENT, entry, seconds, statement, executemany, rows, stack)
-                detect = self.detectors
-                if seconds >= detect.slow:
-                    detect.on_slow(entry.id, session, statement, seconds, rows,
-                                   parameters, context)
-                if rows >= detect.large_rows:
-                    detect.on_large(entry.id, session, statement, rows)
+                if seconds >= self._slow:
+                    self.detectors.on_slow(entry.id, session, statement, seconds, rows,
+                                           parameters, context)
+                if rows >= self._large_rows:
+                    self.detectors.on_large(entry.id, session, statement, rows)
             queue = self._queue
             if len(queue) < self._room:
                 queue.append(item)
