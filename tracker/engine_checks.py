@@ -10,6 +10,8 @@ server say so in their message.
 
 from __future__ import annotations
 
+import gc
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,8 @@ class EngineChecks:
         self.agent = agent
         #: (engine id, pool id) already checked or being checked
         self.done: set[tuple[str, int | None]] = set()
+        #: id() of Flask apps already checked (kept alive by apps_checked)
+        self.apps_checked: list[Any] = []
 
     def due(self) -> list[tuple["EngineEntry", Any]]:
         """Live engines not checked yet with their current pool (worker thread)."""
@@ -55,6 +59,10 @@ class EngineChecks:
                 self.check(entry, engine)
             except Exception as exc:
                 self.agent.recorder.count_error("engine_checks", exc)
+        try:
+            self.check_flask()
+        except Exception as exc:
+            self.agent.recorder.count_error("engine_checks.flask", exc)
 
     def check(self, entry: "EngineEntry", engine: Any) -> None:
         from .checks import engine_findings, server_settings
@@ -68,3 +76,29 @@ class EngineChecks:
         for finding in engine_findings(engine, server):
             finding.engine = entry.id
             self.agent.recorder.submit((FINDING, finding.event(time.time())))
+
+    def check_flask(self) -> None:
+        """The Flask-SQLAlchemy rules for every Flask app whose extension is alive in
+        this process (only if the application imported Flask-SQLAlchemy), once per
+        app; each finding is filed under the app's default engine."""
+        module = sys.modules.get("flask_sqlalchemy")
+        if module is None:
+            return
+        from .checks.flask_app import apps_of, flask_engines, flask_findings
+
+        extension = getattr(module, "SQLAlchemy", None)
+        if extension is None:
+            return
+        for db in [obj for obj in gc.get_objects() if type(obj) is extension]:
+            for app in apps_of(db):
+                if any(app is seen for seen in self.apps_checked):
+                    continue
+                self.apps_checked.append(app)
+                engines = flask_engines(app, db)
+                default = engines.get(None) or next(iter(engines.values()), None)
+                entry = (self.agent.registry.engine_entry(default)
+                         if default is not None else None)
+                for finding in flask_findings(app, db, engines):
+                    finding.engine = entry.id if entry is not None else ""
+                    self.agent.recorder.submit((FINDING, finding.event(time.time())))
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 
+import pytest
 import sqlalchemy as sa
 
 import tracker
@@ -64,5 +65,42 @@ def test_server_settings_are_not_read_when_not_allowed():
         assert agent.worker.stats_for(entry).counters["checkouts"] == 0  # never connected
         assert [f for f in _findings(agent) if f[2] == entry.id] == []
         engine.dispose()
+    finally:
+        tracker.uninstrument()
+
+
+def test_flask_sqlalchemy_apps_are_checked_at_runtime():
+    pytest.importorskip("flask_sqlalchemy")
+    import importlib
+
+    handle = tracker.instrument(run_worker=False, url=None, app="t",
+                                read_server_settings=False)
+    try:
+        agent = handle.agent
+        module = importlib.import_module("tests.tracker.check_targets.flask_app")
+        with module.app.app_context():
+            default = module.db.engine
+        agent.discover_existing()
+        agent.snapshot()
+        agent.recorder.drain()
+        agent.engine_checks.run(agent.engine_checks.due())
+        agent.engine_checks.run(agent.engine_checks.due())  # each app once
+        entry = agent.registry.engines[id(default)]
+        events = _findings(agent)
+        flask = [(f[2], f[3], f[8]) for f in events if f[3].startswith("flask-")]
+        assert sorted((engine, rule) for engine, rule, _ in flask) == [
+            (entry.id, "flask-ignored-config-key"),   # the pool keys, in one finding
+            (entry.id, "flask-ignored-config-key"),   # COMMIT_ON_TEARDOWN: lost writes
+            (entry.id, "flask-record-queries"),
+            (entry.id, "flask-track-modifications"),
+        ]
+        track = next(message for _, rule, message in flask
+                     if rule == "flask-track-modifications")
+        assert "reindex_orders" in track  # the receiver that depends on it is named
+        # the app's engines are checked like any other: SQLALCHEMY_ECHO on both binds
+        with module.app.app_context():
+            binds = {agent.registry.engines[id(e)].id for e in module.db.engines.values()}
+        assert sorted(f[2] for f in events if f[3] == "echo-on" and f[2] in binds) == sorted(binds)
+        assert len(binds) == 2
     finally:
         tracker.uninstrument()
