@@ -185,17 +185,21 @@ def _threads(recent: Any, chosen: str) -> list[str]:
     return sorted(names)
 
 
+def session_pks(keys: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+    """(process pk, session key) -> the stored TrackedSession's pk, for those stored."""
+    if not keys:
+        return {}
+    lookup = Q()
+    for process_id, key in keys:
+        lookup |= Q(process_id=process_id, key=key)
+    return {(s["process_id"], s["key"]): s["pk"] for s in
+            TrackedSession.objects.filter(lookup).values("process_id", "key", "pk")}
+
+
 def findings_of(queryset: Any) -> list[Finding]:
     """Findings with ``session_pk`` set where their session is still stored."""
     findings = list(queryset.select_related("process", "engine"))
-    keys = {(f.process_id, f.session) for f in findings if f.session}
-    pks = {}
-    if keys:
-        lookup = Q()
-        for process_id, key in keys:
-            lookup |= Q(process_id=process_id, key=key)
-        pks = {(s["process_id"], s["key"]): s["pk"] for s in
-               TrackedSession.objects.filter(lookup).values("process_id", "key", "pk")}
+    pks = session_pks({(f.process_id, f.session) for f in findings if f.session})
     for item in findings:
         item.session_pk = pks.get((item.process_id, item.session))
         evidence = item.evidence if isinstance(item.evidence, dict) else {}

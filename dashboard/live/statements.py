@@ -13,8 +13,9 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from .. import conf
-from ..models import Engine, SlowStatement, StatementStat, TrackedSession
+from ..models import Engine, SlowStatement, StatementStat
 from .fragments import percentile
+from .sessions import session_pks
 
 #: sort key → (what the header says, the aggregate's value it sorts by, descending)
 SORTS: dict[str, str] = {
@@ -107,14 +108,7 @@ def statements_context(engine: Engine, filters: StatementFilters) -> dict[str, A
 
 
 def _link_sessions(slow: list[SlowStatement]) -> None:
-    keys = {(row.engine.process_id, row.session) for row in slow if row.session}
-    pks = {}
-    if keys:
-        lookup = Q()
-        for process_id, key in keys:
-            lookup |= Q(process_id=process_id, key=key)
-        pks = {(s["process_id"], s["key"]): s["pk"] for s in
-               TrackedSession.objects.filter(lookup).values("process_id", "key", "pk")}
+    pks = session_pks({(row.engine.process_id, row.session) for row in slow if row.session})
     for row in slow:
         row.session_pk = pks.get((row.engine.process_id, row.session))
 

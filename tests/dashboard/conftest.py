@@ -467,3 +467,21 @@ def tracked(shop):
         engine=Engine.objects.get(process=process, key="e1"),
         session=TrackedSession.objects.select_related("process").get(process=process,
                                                                      key="s1"))
+
+
+@pytest.fixture
+def logged_in(client, django_user_model):
+    """The test client, logged in as a fresh user "alice"."""
+    client.force_login(django_user_model.objects.create_user("alice"))
+    return client
+
+
+@pytest.fixture
+def view(frozen, tracked, logged_in):
+    """GET a page as a logged-in user (clock frozen, session s1 stored); its HTML."""
+    def get(url: str) -> str:
+        response = logged_in.get(url)
+        assert response.status_code == 200
+        return response.content.decode()
+    return get
+

@@ -22,22 +22,6 @@ from .conftest import (
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def logged_in(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("alice"))
-    return client
-
-
-@pytest.fixture
-def view(frozen, tracked, logged_in):
-    """GET a page as a logged-in user (clock frozen, session s1 stored); its HTML."""
-    def get(url: str) -> str:
-        response = logged_in.get(url)
-        assert response.status_code == 200
-        return response.content.decode()
-    return get
-
-
 def decoded(message: dict) -> dict:
     return protocol.decode(frame(message))
 

@@ -36,21 +36,6 @@ def buckets(**counts: int) -> list[int]:
 
 
 @pytest.fixture
-def logged_in(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("alice"))
-    return client
-
-
-@pytest.fixture
-def view(frozen, tracked, logged_in):
-    def get(url: str) -> str:
-        response = logged_in.get(url)
-        assert response.status_code == 200
-        return response.content.decode()
-    return get
-
-
-@pytest.fixture
 def two_processes(tracked):
     """The app's engine e1 in two processes: the tracked one (4242) ran the SELECT
     10 times and an INSERT 100 times; the other (5151) the SELECT 30 times."""
