@@ -50,8 +50,6 @@ class Detectors:
         self.idle_in_transaction = limits["idle_in_transaction_seconds"]
         self.held = limits["connection_held_seconds"]
         self.slow = limits["slow_statement_seconds"]
-        #: the smallest per-session count at which on_repeat() has anything to do
-        self.first_repeat = max(2, min(self.repeated, self.similar, self.row_by_row))
         self.recorder = recorder
         self.finder = finder
         self.locate = capture_locations != OFF
@@ -76,7 +74,7 @@ class Detectors:
             finding.thread = threading.current_thread().name
         self.recorder.submit((FINDING, finding.event(time.time())))
 
-    def _once(self, session: "SessionEntry", key: Any) -> bool:
+    def once(self, session: "SessionEntry", key: Any) -> bool:
         """True the first time ``key`` is reported for this session."""
         reported = session.reported
         if reported is None:
@@ -97,7 +95,7 @@ class Detectors:
             return  # counted as a lazy load: see on_lazy_load
         op = operation(statement)
         if op == "select":
-            if seen == self.similar and self._once(session, ("similar", statement)):
+            if seen == self.similar and self.once(session, ("similar", statement)):
                 fp = fingerprint(statement)
                 self.report(Finding(
                     "similar-queries",
@@ -112,7 +110,7 @@ class Detectors:
                 record[1] = None
             self._count_parameters(session, engine_id, statement, parameters)
         elif op in ("insert", "update") and not executemany and seen == self.row_by_row:
-            if self._once(session, ("rows", statement)):
+            if self.once(session, ("rows", statement)):
                 fp = fingerprint(statement)
                 self.report(Finding(
                     "row-by-row-writes",
@@ -139,7 +137,7 @@ class Detectors:
             seen = 0
         seen += 1
         counts[key] = seen
-        if seen == self.repeated and self._once(session, ("repeated", key)):
+        if seen == self.repeated and self.once(session, ("repeated", key)):
             fp = fingerprint(statement)
             evidence = {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
                         "table": fp.table}
@@ -152,7 +150,7 @@ class Detectors:
                 evidence, engine=engine_id, session=session.sid))
 
     def on_many_statements(self, session: "SessionEntry", engine_id: str) -> None:
-        if self._once(session, "many"):
+        if self.once(session, "many"):
             self.report(Finding(
                 "too-many-statements",
                 f"session {session.sid} ran {session.statements} statements: batch the "
@@ -161,7 +159,7 @@ class Detectors:
                 engine=engine_id, session=session.sid))
 
     def on_other_thread(self, session: "SessionEntry", engine_id: str) -> None:
-        if self._once(session, "threads"):
+        if self.once(session, "threads"):
             began_in = thread_name(session.thread_id)
             now = threading.current_thread().name
             self.report(Finding(
@@ -178,7 +176,7 @@ class Detectors:
         if operation(statement) != "select":
             return
         sid = session.sid if session is not None else ""
-        if session is not None and not self._once(session, ("large", statement)):
+        if session is not None and not self.once(session, ("large", statement)):
             return
         fp = fingerprint(statement)
         limited = " limit " in fp.sql.lower() or " fetch " in fp.sql.lower()
@@ -216,7 +214,7 @@ class Detectors:
         seen = lazy.get(key, 0) + 1
         if seen > 1 or len(lazy) < MAX_COUNTED:
             lazy[key] = seen
-        if seen != self.n_plus_one or not self._once(session, ("lazy", key)):
+        if seen != self.n_plus_one or not self.once(session, ("lazy", key)):
             return
         parent = prop.parent.class_.__name__
         option = "selectinload" if prop.uselist else "joinedload"

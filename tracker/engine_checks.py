@@ -30,7 +30,7 @@ class EngineChecks:
         self.agent = agent
         #: (engine id, pool id) already checked or being checked
         self.done: set[tuple[str, int | None]] = set()
-        #: id() of Flask apps already checked (kept alive by apps_checked)
+        #: the Flask apps already checked (compared by identity; a process has a few)
         self.apps_checked: list[Any] = []
 
     def due(self) -> list[tuple["EngineEntry", Any]]:

@@ -66,7 +66,7 @@ class Watch:
                 continue
             engine_id = entry.engines[-1] if entry.engines else ""
             open_for = now - since
-            if open_for >= detect.long_transaction and detect._once(entry, ("long", since)):
+            if open_for >= detect.long_transaction and detect.once(entry, ("long", since)):
                 events.append(self._session_finding(entry, engine_id, now, Finding(
                     "long-transaction",
                     f"session {entry.sid}'s transaction has been open for {open_for:.0f} s",
@@ -78,7 +78,7 @@ class Watch:
             if last is None or not entry.conns:
                 continue
             idle_for = now_perf - last
-            if idle_for >= detect.idle_in_transaction and detect._once(entry, ("idle", since)):
+            if idle_for >= detect.idle_in_transaction and detect.once(entry, ("idle", since)):
                 events.append(self._session_finding(entry, engine_id, now, Finding(
                     "idle-in-transaction",
                     f"session {entry.sid} has been idle for {idle_for:.0f} s in a "
@@ -111,8 +111,7 @@ class Watch:
             if held_for < limit or (key, t0) in self.held_reported:
                 continue
             self.held_reported.add((key, t0))
-            lines = describe(stack) if stack else describe(
-                pool_entry.sampled.get((key, t0)) or [])
+            lines = _holder_stack(pool_entry, key, t0, stack)
             engine_id = pool_entry.engine.id
             events.append(Finding(
                 "connection-held-long",
@@ -148,8 +147,7 @@ class Watch:
         pool = pool_entry.pool_ref()
         by_location: collections.Counter[str] = collections.Counter()
         for key, (t0, _tid, stack) in list(pool_entry.holders.items()):
-            lines = describe(stack) if stack else describe(
-                pool_entry.sampled.get((key, t0)) or [])
+            lines = _holder_stack(pool_entry, key, t0, stack)
             by_location[lines[0] if lines else "(unknown)"] += 1
         evidence: dict[str, Any] = {
             "waiting": waiting, "checked_out": len(pool_entry.holders),
@@ -175,3 +173,9 @@ class Watch:
         self.timeouts[engine_id] += 1
         if location:
             self.timeout_at[engine_id] = location
+
+
+def _holder_stack(pool_entry: "PoolEntry", key: int, t0: float, stack: Any) -> list[str]:
+    """A holder's stack as text: captured at checkout, else sampled from its thread."""
+    return describe(stack) if stack else describe(pool_entry.sampled.get((key, t0)) or [])
+

@@ -470,9 +470,15 @@ def tracked(shop):
 
 
 @pytest.fixture
-def logged_in(client, django_user_model):
-    """The test client, logged in as a fresh user "alice"."""
-    client.force_login(django_user_model.objects.create_user("alice"))
+def alice(django_user_model):
+    """A fresh user "alice" (no group, no permission)."""
+    return django_user_model.objects.create_user("alice")
+
+
+@pytest.fixture
+def logged_in(client, alice):
+    """The test client, logged in as alice."""
+    client.force_login(alice)
     return client
 
 

@@ -36,11 +36,6 @@ def report(tracked, *events: list) -> ingest.Stored:
     return tracked.ingest.store_events(decoded(events_msg(*events)))
 
 
-@pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice")
-
-
 # The process's clock offset is 0.5 s (its state frame was received at NOW, frozen):
 # an occurrence at STATE_TS on the agent's clock is NOW on ours.
 

@@ -44,27 +44,6 @@ def report(tracked, *events: list) -> None:
     tracked.ingest.store_events(decoded(events_msg(*events)))
 
 
-@pytest.fixture
-def alice(django_user_model):
-    return django_user_model.objects.create_user("alice")
-
-
-@pytest.fixture
-def logged_in(client, alice):
-    client.force_login(alice)
-    return client
-
-
-@pytest.fixture
-def view(frozen, tracked, logged_in):
-    """GET a page as a logged-in user (clock frozen); its HTML."""
-    def get(url: str) -> str:
-        response = logged_in.get(url)
-        assert response.status_code == 200
-        return response.content.decode()
-    return get
-
-
 def findings_url(tracked, query: str = "") -> str:
     return f"/apps/{tracked.app.pk}/findings/" + (f"?{query}" if query else "")
 
