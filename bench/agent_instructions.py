@@ -17,60 +17,86 @@ What it measures
     sharing the GIL) are reported apart. Under valgrind the wall clock runs ~50 times
     slower, so the worker's timed wake-ups are inflated; its figure is an upper bound.
 
-How to run it (about 5 minutes on 2 cores; runs two children at a time)::
+Memory layout
+    A count repeats exactly only for the same environment: CPython's type attribute
+    cache is indexed by the *addresses* of attribute names, so where the heap starts
+    (which moves with the size of the environment and of the arguments) changes how
+    often it misses: a workload's count moves by up to 3 %, in either mode, and the
+    agent's ratio by as much. Each count is therefore run
+    in a fixed minimal environment padded to ``--layouts`` different sizes; the
+    figures shown are medians over those layouts, the ratio the median of the layouts'
+    ratios (each layout's figures are printed with ``--verbose``). Now and then one
+    layout's run of the agent comes out hundreds of thousands of instructions per
+    operation off (below or above), for reasons not pinned down (thread timing under
+    valgrind); the median leaves such a run out, ``--verbose`` shows it.
+
+How to run it (about 4 minutes per layout on 2 cores; runs two children at a time)::
 
     .venv/bin/python bench/agent_instructions.py
-    .venv/bin/python bench/agent_instructions.py --workloads orm_get,core_insert
+    .venv/bin/python bench/agent_instructions.py --workloads orm_get,core_insert --layouts 2
 
 How to read it
-    ``app instr/op`` with the agent off and on, and their ratio (1.050 = 5 % more
-    instructions in the application's thread); ``worker instr/op`` is the worker's
-    share per operation. ``overall`` is the geometric mean of the app-thread ratios.
+    ``app instr/op`` with the agent off and on (medians over the layouts), and their
+    ratio (1.050 = 5 % more instructions in the application's thread); ``worker
+    instr/op`` is the worker's share per operation. ``overall`` is the geometric mean of the app-thread ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 WARMUP = 300
 
 
-def child(workload: str, on: bool, ops: int) -> None:
-    """Run inside valgrind: set up, warm up, run ``ops`` operations, stop."""
+def child(workload: str, on: bool, ops: int, db: str) -> None:
+    """Run inside valgrind: set up, warm up, run ``ops`` operations, exit at once."""
     sys.path.insert(0, str(HERE))
     import agent_overhead as bench  # noqa: PLC0415  (only the child needs it)
     import tracker  # noqa: PLC0415
 
     run = {w.name: w.run for w in bench.WORKLOADS}[workload]
-    with tempfile.TemporaryDirectory() as tmp:
-        engine = bench.make_engine(Path(tmp) / "bench.db")
-        if on:
-            tracker.instrument(url=None)
-        run(engine, WARMUP, 0)
-        run(engine, ops, 10 * WARMUP)
-        if on:
-            tracker.uninstrument()
-        engine.dispose()
+    engine = bench.make_engine(Path(db))
+    if on:
+        tracker.instrument(url=None)
+    run(engine, WARMUP, 0)
+    # A full collection now, in both modes: otherwise the garbage of the set-up (the
+    # seeding, the agent's discovery) can bring one during the small run and not the
+    # large one, or the reverse, which is hundreds of millions of instructions.
+    gc.collect()
+    run(engine, ops, 10 * WARMUP)
+    # No uninstrument(), dispose() or interpreter teardown: what they cost depends on
+    # how far the worker thread got (what is left in the queue and the registries to
+    # free), not on the operations; counted, they made the small and the large run
+    # differ by hundreds of millions of instructions from one run to the next.
+    os._exit(0)
 
 
-def count(workload: str, on: bool, ops: int) -> tuple[int, int]:
+#: Environment paddings (bytes) of the layouts, in order.
+PADDINGS = (0, 37, 150, 301, 555, 1021)
+
+
+def count(workload: str, on: bool, ops: int, layout: int = 0) -> tuple[int, int]:
     """(application-thread, other-threads) instructions of one child run."""
     with tempfile.TemporaryDirectory() as out:
         prefix = os.path.join(out, "cg")
-        env = dict(os.environ, PYTHONHASHSEED="0")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
+               "PYTHONHASHSEED": "0", "RETORT_BENCH_PAD": "x" * PADDINGS[layout]}
         done = subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
              f"--callgrind-out-file={prefix}.%p", sys.executable, __file__, "--child",
-             workload, "on" if on else "off", str(ops)],
+             workload, "on" if on else "off", str(ops), os.path.join(out, "bench.db")],
             env=env, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{workload} ({'on' if on else 'off'}, {ops} ops) failed:\n"
@@ -90,16 +116,17 @@ def _thread_no(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def per_op(workload: str, on: bool, small: int, large: int) -> tuple[float, float]:
-    (app_s, other_s), (app_l, other_l) = (count(workload, on, small),
-                                          count(workload, on, large))
+def per_op(workload: str, on: bool, small: int, large: int,
+           layout: int = 0) -> tuple[float, float]:
+    (app_s, other_s), (app_l, other_l) = (count(workload, on, small, layout),
+                                          count(workload, on, large, layout))
     ops = large - small
     return (app_l - app_s) / ops, (other_l - other_s) / ops
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3] == "on", int(sys.argv[4]))
+        child(sys.argv[2], sys.argv[3] == "on", int(sys.argv[4]), sys.argv[5])
         return 0
     sys.path.insert(0, str(HERE))
     import agent_overhead as bench  # noqa: PLC0415
@@ -108,19 +135,33 @@ def main() -> int:
     parser.add_argument("--workloads", default=",".join(w.name for w in bench.WORKLOADS))
     parser.add_argument("--small", type=int, default=200)
     parser.add_argument("--large", type=int, default=1200)
+    parser.add_argument("--layouts", type=int, default=3,
+                        help=f"environment sizes averaged over (1-{len(PADDINGS)})")
+    parser.add_argument("--verbose", action="store_true", help="print each layout's figures")
     args = parser.parse_args()
     names = args.workloads.split(",")
-    jobs = [(name, on) for name in names for on in (False, True)]
+    layouts = range(max(1, min(args.layouts, len(PADDINGS))))
+    jobs = [(name, on, layout) for name in names for layout in layouts for on in (False, True)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = dict(zip(jobs, pool.map(
-            lambda job: per_op(job[0], job[1], args.small, args.large), jobs)))
+            lambda job: per_op(job[0], job[1], args.small, args.large, job[2]), jobs)))
     print(f"{'workload':<24}| app instr/op off |  on      | ratio | worker instr/op")
     ratios = []
     for name in names:
-        (off, _), (on, worker) = results[(name, False)], results[(name, True)]
-        ratio = on / off
+        off = statistics.median(results[(name, False, layout)][0] for layout in layouts)
+        on = statistics.median(results[(name, True, layout)][0] for layout in layouts)
+        worker = statistics.median(results[(name, True, layout)][1] for layout in layouts)
+        # the median of the layouts' ratios: one odd layout cannot move it
+        ratio = statistics.median(results[(name, True, layout)][0]
+                                  / results[(name, False, layout)][0] for layout in layouts)
         ratios.append(ratio)
         print(f"{name:<24}| {off:>16,.0f} | {on:>8,.0f} | {ratio:.3f} | {worker:>10,.0f}")
+        if args.verbose:
+            for layout in layouts:
+                (off_l, _), (on_l, _) = (results[(name, False, layout)],
+                                         results[(name, True, layout)])
+                print(f"  layout {layout} (+{PADDINGS[layout]:>4} B)    | {off_l:>16,.0f} | "
+                      f"{on_l:>8,.0f} | {on_l / off_l:.3f} |")
     overall = math.exp(sum(map(math.log, ratios)) / len(ratios))
     print(f"overall (app thread): {overall:.3f}")
     return 0

@@ -5,8 +5,9 @@ What it measures
     (default pool, i.e. ``QueuePool`` in SQLAlchemy 2.x), modelled on the
     ``short_selects`` and ``single_inserts`` suites of SQLAlchemy's
     ``examples/performance``: many tiny operations, each with its own pool checkout
-    and checkin, which is where the agent's hooks (pool events, the ``Pool.connect``
-    wrapper with its stack walk, statement timing) cost the most relative to the work.
+    and checkin, which is where the agent's hooks (the ``Pool.connect`` and
+    ``Pool._return_conn`` wrappers with the checkout's stack walk, the statement
+    wrappers on the dialect, the session listeners) cost the most relative to the work.
 
     Each workload runs with the agent off and with it on, side by side in one
     process. "On" is ``tracker.instrument(url=None)``: every hook installed and the

@@ -1,6 +1,8 @@
 """Admin: apps, their agent tokens (created here or with ``create_agent_token``),
 processes and engines; advice (status editable, audited on the findings page only),
-statement statistics, slow statements and the audit log (read-only)."""
+statement statistics, slow statements, toggles with each process's answer and the
+audit log (read-only: toggles change on the controls page, which sends and audits
+them)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from .models import (AgentToken, Advice, App, AuditLog, Engine, Process, SlowStatement,
-                     StatementStat)
+                     StatementStat, Toggle, ToggleDelivery)
 
 
 class AgentTokenInline(admin.TabularInline):
@@ -111,6 +113,31 @@ class AuditLogAdmin(ReadOnlyAdmin):
     list_display = ("at", "actor_name", "app", "action", "target", "result")
     list_filter = ("action", "app")
     search_fields = ("actor_name", "target")
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ToggleDeliveryInline(admin.TabularInline):
+    model = ToggleDelivery
+    extra = 0
+    can_delete = False
+    fields = ("process", "revision", "status", "reason", "updated_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Toggle)
+class ToggleAdmin(ReadOnlyAdmin):
+    """Toggles change on an app's controls page, which sends them to the agents and
+    audits them; here they are only viewed (deleting a row would do neither)."""
+
+    list_display = ("app", "switch", "scope", "target", "process", "value", "revision",
+                    "updated_by", "updated_at")
+    list_filter = ("app", "switch", "scope")
+    inlines = [ToggleDeliveryInline]
 
     def has_delete_permission(self, request, obj=None):
         return False

@@ -37,3 +37,8 @@ def app_statements(pk: int) -> str:
     """Open statements pages of app ``pk``'s engines (a page aggregates an engine
     over the app's processes, so any of them may change it)."""
     return f"app-statements-{pk}"
+
+
+def app_controls(pk: int) -> str:
+    """Open controls pages of app ``pk`` (its toggles and each process's answers)."""
+    return f"app-controls-{pk}"

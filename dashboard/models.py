@@ -421,3 +421,75 @@ class AuditLog(models.Model):
         return cls.objects.create(actor=user, actor_name=name[:150], app=app,
                                   action=action[:64], target=target[:500],
                                   details=details or {}, result=result[:500])
+
+
+class Toggle(models.Model):
+    """A runtime setting an operator chose for an app's agents (``tracker.switches``):
+    ``(scope, target, switch) -> value``.
+
+    App, engine and entity settings (``process`` empty) go to every process of the
+    app, new ones too; process and session settings only to their ``process``. A
+    removed setting keeps its row with ``value`` None (its removal is sent, and each
+    process's answer shown, like a change); setting it again reuses the row. Every
+    change bumps ``revision``: acknowledgements name it (``toggle:<pk>:<revision>``),
+    so a late answer to an older revision is not taken for the newest."""
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="toggles")
+    process = models.ForeignKey(Process, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="toggles")
+    scope = models.CharField(max_length=16)
+    target = models.CharField(max_length=255, blank=True)
+    switch = models.CharField(max_length=32)
+    value = models.JSONField(null=True, blank=True)  # None: removed
+    revision = models.IntegerField(default=0)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["scope", "target", "switch", "pk"]
+        permissions = [("operate_agents", "Can change what agents track")]
+        # two constraints: NULLs are distinct in a unique index (SQLite, PostgreSQL
+        # before 15), so the app-wide rows need one of their own
+        constraints = [
+            models.UniqueConstraint(fields=["app", "scope", "target", "switch"],
+                                    condition=models.Q(process__isnull=True),
+                                    name="unique_app_toggle"),
+            models.UniqueConstraint(fields=["app", "process", "scope", "target", "switch"],
+                                    condition=models.Q(process__isnull=False),
+                                    name="unique_process_toggle"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app}: {self.switch} {self.scope} {self.target}".strip()
+
+    @property
+    def removed(self) -> bool:
+        return self.value is None
+
+    @property
+    def key(self) -> list[str]:
+        """The setting's key as the agent knows it (``sync``'s ``keep``)."""
+        return [self.scope, self.target, self.switch]
+
+
+class ToggleDelivery(models.Model):
+    """What one process answered to the latest revision of a toggle sent to it."""
+
+    PENDING, APPLIED, REFUSED = "pending", "applied", "refused"
+
+    toggle = models.ForeignKey(Toggle, on_delete=models.CASCADE, related_name="deliveries")
+    process = models.ForeignKey(Process, on_delete=models.CASCADE,
+                                related_name="toggle_deliveries")
+    revision = models.IntegerField()
+    status = models.CharField(max_length=16, default=PENDING)
+    reason = models.TextField(blank=True)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "toggle deliveries"
+        constraints = [models.UniqueConstraint(fields=["toggle", "process"],
+                                               name="unique_toggle_delivery")]
+
+    def __str__(self) -> str:
+        return f"{self.toggle} → {self.process}: {self.status}"

@@ -9,7 +9,7 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path
 
 from .consumers.agent import AgentConsumer
-from .consumers.live import (EngineLive, FindingsLive, OverviewLive, SessionLive, SessionsLive,
+from .consumers.live import (ControlsLive, EngineLive, FindingsLive, OverviewLive, SessionLive, SessionsLive,
                              StatementsLive)
 
 
@@ -26,4 +26,5 @@ websocket_routes = URLRouter([
     path("ws/live/app/<int:pk>/sessions/", browser(SessionsLive.as_asgi())),
     path("ws/live/app/<int:pk>/findings/", browser(FindingsLive.as_asgi())),
     path("ws/live/session/<int:pk>/", browser(SessionLive.as_asgi())),
+    path("ws/live/app/<int:pk>/controls/", browser(ControlsLive.as_asgi())),
 ])

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from .views import findings, pages
+from .views import controls, findings, pages
 
 urlpatterns = [
     path("", pages.overview, name="overview"),
@@ -13,6 +13,11 @@ urlpatterns = [
     path("rules/<slug:rule_id>/", findings.rule, name="rule"),
     path("apps/<int:pk>/sessions/", pages.app_sessions, name="sessions"),
     path("sessions/<int:pk>/", pages.session_detail, name="session"),
+    path("apps/<int:pk>/controls/", controls.app_controls, name="controls"),
+    path("apps/<int:pk>/controls/form/", controls.toggle_form, name="toggle-form"),
+    path("apps/<int:pk>/controls/change/", controls.toggle_change, name="toggle-change"),
+    path("apps/<int:pk>/audit/", controls.audit_log, name="audit"),
+    path("audit/", controls.audit_log, name="audit-all"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -16,7 +16,26 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["instrument", "uninstrument", "is_instrumented", "current_agent", "Instrumented"]
+__all__ = ["instrument", "uninstrument", "is_instrumented", "current_agent", "Instrumented",
+           "ignore_changes", "track_changes", "ignore_changes_when", "no_tracking",
+           "NO_TRACKING", "NoTrackingError", "record"]
+
+#: change-tracking policies (tracker/policies.py), imported on first use so that
+#: ``import tracker`` stays cheap (the pytest plugin imports it in every test run)
+_POLICIES = frozenset({"ignore_changes", "track_changes", "ignore_changes_when",
+                       "no_tracking", "NO_TRACKING", "NoTrackingError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "record":
+        from .traces.recording import record
+
+        return record
+    if name in _POLICIES:
+        from . import policies
+
+        return getattr(policies, name)
+    raise AttributeError(f"module 'tracker' has no attribute {name!r}")
 
 
 class Instrumented:

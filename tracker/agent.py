@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 
 import sqlalchemy
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
 from . import __version__
@@ -35,6 +36,10 @@ from .registry import EngineEntry, PoolEntry, Registry, engine_info
 from .stats import EngineStats
 from .watch import Watch
 from .engine_checks import EngineChecks
+from .traces.remote import RemoteTraces
+from . import policies
+from .protocol import ProtocolError, control_args
+from .switches import Settings, SwitchError, validate
 from .worker import Worker
 
 log = logging.getLogger("tracker")
@@ -77,7 +82,13 @@ class Agent:
                                         self.sessions if config.track_sessions else None)
         self.watch = Watch(self, self.detectors)
         self.engine_checks = EngineChecks(self)
-        self.controls: dict[str, ControlHandler] = {"snapshot": self._snapshot_control}
+        #: what the dashboard switched at runtime (tracker/switches.py); worker-written
+        self.settings = Settings()
+        self.controls: dict[str, ControlHandler] = {"snapshot": self._snapshot_control,
+                                                    "set": self._set_control,
+                                                    "sync": self._sync_control,
+                                                    "record": self._record_control}
+        self.remote_traces = RemoteTraces(self)
         self.dashboard_process_id: int | None = None
         self.worker = Worker(self)
         self.run_worker = False
@@ -96,6 +107,7 @@ class Agent:
             self.worker.start()
 
     def stop(self) -> None:
+        self.remote_traces.stop_all()  # their last lines go with the worker's last round
         self.listeners.remove_all()
         if self.session_hooks is not None:
             self.session_hooks.uninstall()
@@ -110,17 +122,42 @@ class Agent:
 
     def discover_existing(self) -> int:
         """Register every engine already alive in the process (one scan of the heap),
-        so that idle engines show up before their first checkout."""
+        so that idle engines show up before their first checkout, and the sessions
+        already in a transaction (when attached to a running process)."""
         found = 0
+        sessions = []
         for obj in gc.get_objects():
             # type(), not isinstance(): isinstance() on a dead weakproxy raises
-            if issubclass(type(obj), Engine):
+            kind = type(obj)
+            if issubclass(kind, Engine):
                 try:
                     self.registry.engine_entry(obj)
                     found += 1
                 except Exception as exc:
                     self.recorder.count_error("discover", exc)
+            elif issubclass(kind, Session):
+                sessions.append(obj)
+        if self.session_hooks is not None:
+            for session in sessions:
+                self._adopt_session(session)
         return found
+
+    def _adopt_session(self, session: Session) -> None:
+        """Register a session found in a transaction, with the connections it holds, as
+        its after_begin would have. Its thread is unknown: the first to use it counts."""
+        try:
+            transaction = session.get_transaction()
+            if transaction is None:
+                return
+            # SessionTransaction keeps its connections in _connections (2.0 and 2.1):
+            # {bind: (Connection, transaction, should_commit, autoclose)}
+            for connection, *_rest in list(getattr(transaction, "_connections", {}).values()):
+                self.session_hooks._after_begin(session, transaction, connection)
+            entry = self.session_hooks._known(session)
+            if entry is not None:
+                entry.thread_id = 0  # unknown (see Detectors.on_other_thread)
+        except Exception as exc:
+            self.recorder.count_error("discover.session", exc)
 
     def after_fork_in_child(self) -> None:
         """Restart the worker in a forked child: new pid, nothing inherited to send."""
@@ -142,7 +179,10 @@ class Agent:
     # -- discovery callbacks (run on the application's thread) -----------------------
 
     def _on_new_engine(self, entry: EngineEntry) -> None:
-        pass  # the worker announces engines it has not announced yet on its next round
+        self.engine_hooks.on_new_engine(entry)  # wraps its dialect's execute methods
+        # the worker announces engines it has not announced yet on its next round
+        if self.settings.values:
+            self._switch_engine(entry)
 
     def _on_new_pool(self, entry: PoolEntry, pool: Pool) -> None:
         try:
@@ -150,6 +190,7 @@ class Agent:
                          self.config.capture_locations)
         except Exception as exc:
             self.recorder.count_error("wrap_connect", exc)
+        self.engine_hooks.on_new_pool(entry, pool)  # wraps its dialect's execute methods
 
     # -- what is reported ------------------------------------------------------------
 
@@ -262,11 +303,94 @@ class Agent:
                                              "attributes": changed}])
         return events
 
+    # -- runtime switches (dashboard toggles) -----------------------------------------
+
+    def _set_control(self, args: dict[str, Any], request: str) -> tuple[Any, ...]:
+        """``set`` control: one runtime setting (tracker/switches.py), or its removal."""
+        try:
+            control_args("set", args)
+            scope, target, switch = args["scope"], args["target"], args["switch"]
+            value = validate(scope, target, switch, args.get("value"))
+        except (ProtocolError, SwitchError) as exc:
+            return "refused", str(exc)
+        if switch == "parameters" and value and not self.config.capture_parameters:
+            return "refused", ("parameter capture is not allowed by this process's agent "
+                               "configuration (capture_parameters=False; the app's owner "
+                               "can allow it with RETORT_CAPTURE_PARAMETERS=1)")
+        self.settings.set(scope, target, switch, value)
+        self.apply_settings()
+        return "applied", self._set_note(scope, target)
+
+    def _set_note(self, scope: str, target: str) -> str:
+        """What an applied setting reaches in this process, when it reaches nothing."""
+        if scope == "engine" and not any(entry.name == target
+                                          for entry in list(self.registry.engines.values())):
+            return f"no engine named {target} in this process yet"
+        if scope == "session" and self.sessions.find(target) is None:
+            return f"no live session {target} in this process"
+        return ""
+
+    def _record_control(self, args: dict[str, Any], request: str) -> tuple[Any, ...]:
+        """``record`` control: start or stop a recording streamed to the dashboard."""
+        return self.remote_traces.control(args, request)
+
+    def _sync_control(self, args: dict[str, Any], request: str) -> tuple[Any, ...]:
+        """``sync`` control: drop every setting the dashboard no longer has."""
+        try:
+            control_args("sync", args)
+        except ProtocolError as exc:
+            return "refused", str(exc)
+        keep = {tuple(key) for key in args["keep"] if len(key) == 3}
+        gone = self.settings.keep_only(keep)  # type: ignore[arg-type]
+        self.apply_settings()
+        return "applied", f"{len(gone)} setting(s) removed" if gone else ""
+
+    def apply_settings(self) -> None:
+        """Put the settings in force where hooks, detectors and policies read them."""
+        settings = self.settings
+        engines = list(self.registry.engines.values())
+        for entry in engines:
+            self._switch_engine(entry)
+        self.detectors.parameters_off = frozenset(
+            entry.id for entry in engines
+            if not settings.get("parameters", True, engine=entry.name))
+        thresholds = settings.get("thresholds", {})
+        self.detectors.set_thresholds(thresholds)
+        self.detectors.enabled = (self._detectors_enabled
+                                  if any(key[2] == "detectors" for key in settings.values)
+                                  else None)
+        policies.ignore_classes(name for name, on in
+                                settings.entities("ignore_changes").items() if on)
+
+    def _switch_engine(self, entry: EngineEntry) -> None:
+        settings = self.settings
+        entry.statements = settings.get("statements", True, engine=entry.name)
+        entry.sample = max(1, round(1 / settings.get("sampling", 1.0, engine=entry.name)))
+        entry.locations = settings.get("locations", None, engine=entry.name)
+
+    def _snapshots_allowed(self, sid: str, entry: Any) -> bool:
+        engine_ids = {engine_id for engine_id, _record in list(entry.conns.values())} \
+            if entry is not None else set()
+        names = [e.name for e in list(self.registry.engines.values()) if e.id in engine_ids]
+        return all(self.settings.get("snapshots", True, engine=name, session=sid or None)
+                   for name in names or [None])
+
+    def _detectors_enabled(self, engine_id: str, session_id: str) -> bool:
+        name = None
+        for entry in list(self.registry.engines.values()):
+            if entry.id == engine_id:
+                name = entry.name
+                break
+        return bool(self.settings.get("detectors", True, engine=name,
+                                      session=session_id or None))
+
     def _snapshot_control(self, args: dict[str, Any], request: str) -> tuple[Any, ...]:
         """``snapshot`` control: what one session tracks and would write, one page."""
         sid = str(args.get("session") or "")
         entry = self.sessions.find(sid) if sid else None
         session = entry.ref() if entry is not None else None
+        if self.settings.values and not self._snapshots_allowed(sid, entry):
+            return "refused", "snapshots are switched off for this session by the dashboard"
         reply: dict[str, Any] = {
             "t": "snapshot", "request": request, "session": sid, "ts": time.time(),
             "found": session is not None, "partial": False, "total": 0, "offset": 0,
@@ -275,7 +399,10 @@ class Agent:
         if session is None or entry is None:
             return "applied", "no such live session", [reply]
         try:
-            reply.update(take_snapshot(session, self.redactor, SnapshotFilter(args)))
+            wanted = SnapshotFilter(args)
+            wanted.hidden = frozenset(name for name, on in
+                                      self.settings.entities("snapshots").items() if not on)
+            reply.update(take_snapshot(session, self.redactor, wanted))
         except Exception as exc:  # the app changed too much under us: say so
             reply["partial"] = True
             reply["error"] = f"{type(exc).__name__}: {exc}"[:500]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .fingerprint import fingerprint, operation
 from .locations import NONE, OFF, describe, thread_name
@@ -39,7 +39,25 @@ class Detectors:
                  finder: "LocationFinder", capture_locations: str,
                  redactor: "Redactor | None" = None,
                  capture_parameters: bool = False) -> None:
-        limits = {**THRESHOLDS, **thresholds}
+        self.configured = dict(thresholds)
+        self.set_thresholds({})
+        self.recorder = recorder
+        self.finder = finder
+        self.locate = capture_locations != OFF
+        self.redactor = redactor
+        self.capture_parameters = capture_parameters
+        #: engine ids whose parameters the dashboard switched off (worker-written)
+        self.parameters_off: frozenset[str] = frozenset()
+        #: (engine id, session id) -> whether findings are reported; None: all are
+        #: (set by the agent when the dashboard switches detectors off somewhere)
+        self.enabled: Callable[[str, str], bool] | None = None
+        #: functions given each finding event too (traces being recorded)
+        self.taps: list[Callable[[list[Any]], None]] = []
+
+    def set_thresholds(self, overrides: dict[str, float]) -> None:
+        """Thresholds in force: the defaults, the agent's configuration, then
+        ``overrides`` (from the dashboard)."""
+        limits = {**THRESHOLDS, **self.configured, **overrides}
         self.n_plus_one = int(limits["n_plus_one"])
         self.repeated = int(limits["repeated_query"])
         self.similar = int(limits["similar_queries"])
@@ -50,11 +68,6 @@ class Detectors:
         self.idle_in_transaction = limits["idle_in_transaction_seconds"]
         self.held = limits["connection_held_seconds"]
         self.slow = limits["slow_statement_seconds"]
-        self.recorder = recorder
-        self.finder = finder
-        self.locate = capture_locations != OFF
-        self.redactor = redactor
-        self.capture_parameters = capture_parameters
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -62,7 +75,11 @@ class Detectors:
         return self.finder.capture() if self.locate else NONE
 
     def report(self, finding: Finding, stack: list[Any] | None = None) -> None:
-        """Queue ``finding`` (with the application's stack now, unless given)."""
+        """Queue ``finding`` (with the application's stack now, unless given), unless
+        the dashboard switched detectors off where it happened."""
+        enabled = self.enabled
+        if enabled is not None and not enabled(finding.engine or "", finding.session or ""):
+            return
         if stack is None:
             stack = self._stack()
         lines = describe(stack)
@@ -72,7 +89,19 @@ class Detectors:
             finding.evidence.setdefault("stack", lines)
         if not finding.thread:
             finding.thread = threading.current_thread().name
-        self.recorder.submit((FINDING, finding.event(time.time())))
+        finding_event = finding.event(time.time())
+        self.recorder.submit((FINDING, finding_event))
+        for tap in list(self.taps):
+            try:
+                tap(finding_event)
+            except Exception as exc:
+                self.recorder.count_error("detectors.tap", exc)
+
+    def parameters_allowed(self, engine_id: str) -> bool:
+        """Parameter values of ``engine_id`` may be sent: allowed by the agent's own
+        configuration and not switched off from the dashboard."""
+        return (self.capture_parameters and self.redactor is not None
+                and engine_id not in self.parameters_off)
 
     def once(self, session: "SessionEntry", key: Any) -> bool:
         """True the first time ``key`` is reported for this session."""
@@ -141,7 +170,7 @@ class Detectors:
             fp = fingerprint(statement)
             evidence = {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
                         "table": fp.table}
-            if self.capture_parameters and self.redactor is not None:
+            if self.parameters_allowed(engine_id):
                 evidence["params"] = self.redactor.parameters(parameters, None)
             self.report(Finding(
                 "repeated-query",
@@ -159,6 +188,11 @@ class Detectors:
                 engine=engine_id, session=session.sid))
 
     def on_other_thread(self, session: "SessionEntry", engine_id: str) -> None:
+        if session.thread_id == 0:
+            # found already in a transaction when the agent attached: its thread was
+            # not seen; the first one that uses it is taken as its own
+            session.thread_id = threading.get_ident()
+            return
         if self.once(session, "threads"):
             began_in = thread_name(session.thread_id)
             now = threading.current_thread().name
@@ -194,7 +228,7 @@ class Detectors:
         stack = self._stack()
         lines = describe(stack)
         params = None
-        if self.capture_parameters and self.redactor is not None:
+        if self.parameters_allowed(engine_id):
             params = self.redactor.parameters(parameters, _bind_names(context))
         fp = fingerprint(statement)
         self.recorder.submit((SLOW, [

@@ -308,14 +308,39 @@ MESSAGES: dict[str, dict[str, Any]] = {
     },
     "events": {"events": [list]},
     "ack": {"id": str, "status": str, "reason?": str},
+    # lines of a dashboard-started recording (tracker.traces.jsonl records, in order);
+    # the last frame has "end" (and why it ended, when not asked)
+    "trace": {"trace": str, "seq": int, "records": [ANY], "end?": bool, "reason?": str},
     "bye": {},
     "welcome": {"process": int, "interval": NUM},
     "error": {"code": int, "reason": str},
     "control": {"id": str, "action": str, "args?": ANY},
 }
 
+#: ``control`` actions and their ``args``. Every control is answered by one ``ack``
+#: whose status is ``applied`` or ``refused`` (with the reason). Toggle ids are chosen
+#: by the dashboard (``toggle:<pk>:<revision>``); the agent only echoes them.
+CONTROL_ACTIONS: dict[str, Any] = {
+    # a page wants one session's tracked objects (tracker.snapshot); more than an ack:
+    # a ``snapshot`` frame follows
+    "snapshot": {"session": str, "offset?": int, "limit?": int, "class?": str,
+                 "state?": str, "modified?": bool},
+    # one runtime setting (tracker.switches): value None removes it, so the agent's
+    # own configuration (or a wider scope) is in force again
+    "set": {"scope": str, "target": str, "switch": str, "value?": ANY},
+    # after a (re)connection the dashboard sends every setting that applies to the
+    # process ("set" each), then "sync" naming them all: the agent drops the others,
+    # e.g. those removed while it was away. It never starts from nothing, so a
+    # reconnection leaves no gap in a policy such as ignore_changes.
+    "sync": {"keep": [[str]]},
+    # start or stop a recording streamed back in ``trace`` frames (tracker/traces)
+    "record": {"trace": str, "action": str, "name?": str, "engine?": str,
+               "session?": str, "max_seconds?": NUM, "max_records?": int},
+}
+
 #: Messages the dashboard accepts from an agent.
-AGENT_MESSAGES = frozenset({"hello", "engine", "state", "events", "ack", "snapshot", "bye"})
+AGENT_MESSAGES = frozenset({"hello", "engine", "state", "events", "ack", "snapshot", "trace",
+                            "bye"})
 
 #: Discrete events in ``events`` frames: ``[kind, ts, engine_id, *fields]``, each
 #: field with its type.
@@ -374,6 +399,17 @@ def decode(frame: bytes | str, *, allowed: frozenset[str] = AGENT_MESSAGES) -> d
     if kind == "events":
         _check_events(message["events"])
     return message
+
+
+def control_args(action: str, args: Any) -> dict:
+    """Validate the ``args`` of a ``control`` message against CONTROL_ACTIONS; raise
+    :class:`ProtocolError` (unknown action, missing or mistyped field)."""
+    spec = CONTROL_ACTIONS.get(action)
+    if spec is None:
+        raise ProtocolError(CLOSE_UNKNOWN_TYPE, f"unknown action {action!r}")
+    args = {} if args is None else args
+    _check(args, spec, f"control {action}")
+    return args
 
 
 def _check(value: Any, spec: Any, path: str) -> None:

@@ -54,7 +54,7 @@ class EngineEntry:
     """One engine (or, for a pool used without an engine, that pool alone)."""
 
     __slots__ = ("id", "name", "engine_ref", "created", "disposed", "pool_id", "revision",
-                 "server", "__weakref__")
+                 "server", "statements", "sample", "locations", "__weakref__")
 
     def __init__(self, engine_id: str, name: str, engine: Engine | None) -> None:
         self.id = engine_id
@@ -68,6 +68,15 @@ class EngineEntry:
         self.revision = 0
         #: the server's settings, once read (tracker/engine_checks.py)
         self.server: dict[str, Any] | None = None
+        # Runtime switches (tracker/switches.py), set by the worker from the dashboard's
+        # toggles and read by the hooks on their fast paths:
+        #: record this engine's statements at all
+        self.statements = True
+        #: record one statement in ``sample`` (1: all); the worker weighs each by it
+        self.sample = 1
+        #: checkout code locations for this engine's pools ("always", "pressure",
+        #: "off"); None: the agent's configured mode
+        self.locations: str | None = None
 
     def engine(self) -> Engine | None:
         return self.engine_ref() if self.engine_ref is not None else None

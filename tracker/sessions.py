@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 IDLE, TRANSACTION, FLUSHING, CLOSED = "idle", "transaction", "flushing", "closed"
+_ref = weakref.ref
+_wall = time.time
+#: an unread lifecycle is cut back to MAX_LIFECYCLE beyond this length
+_LIFECYCLE_BOUND = 4 * MAX_LIFECYCLE
 
 #: Per-class counts are recounted at most this often (seconds): small sessions…
 BY_CLASS_EVERY = 2.0
@@ -73,20 +77,37 @@ class SessionEntry:
     reported: "set[Any] | None" = None                 # findings already reported
     in_lazy: str | None = None      # the relationship being lazily loaded now
     txn_writes = 0                  # INSERT/UPDATE/DELETE in its current transaction
+    gone = False                    # out of by_id, queued in ``ended`` for the worker
 
     def __init__(self, number: int, session: "Session", thread_id: int,
-                 task: str | None) -> None:
+                 task: str | None, now: float | None = None,
+                 engine_id: str | None = None, connection_id: int = 0,
+                 record_id: int = 0, last_t: float = 0.0) -> None:
         self.number = number
-        self.ref = weakref.ref(session)
+        self.ref = _ref(session)
         self.kind = type(session).__name__
-        self.created = time.time()
+        if now is None:
+            now = time.time()
+        self.created = now
         self.thread_id = thread_id
         if task is not None:
             self.task, self.is_async = task, True
-        #: id(Connection) -> (engine id, id(connection record)) for its open transaction
-        self.conns: dict[int, tuple[str, int]] = {}
-        #: (time, kind) oldest first; trimmed to MAX_LIFECYCLE by the worker
-        self.lifecycle: list[tuple[float, str]] = []
+        if engine_id is None:
+            #: id(Connection) -> (engine id, id(connection record)) for its open
+            #: transaction
+            self.conns: dict[int, tuple[str, int]] = {}
+            #: (time, kind) oldest first; trimmed to MAX_LIFECYCLE by the worker
+            self.lifecycle: list[tuple[float, str]] = []
+            return
+        # engine id, id(Connection), id(connection record), perf_counter: a session
+        # seen first at its first transaction's begin, set up in one go (by the
+        # after_begin hook, which registers it)
+        self.last_t = last_t
+        self.conns = {connection_id: (engine_id, record_id)}
+        self.lifecycle = [(now, "begin")]
+        self.state = TRANSACTION
+        self.txn_since = now
+        self.engines = (engine_id,)
 
     @property
     def sid(self) -> str:
@@ -94,8 +115,8 @@ class SessionEntry:
 
     def log(self, kind: str) -> None:
         lifecycle = self.lifecycle
-        lifecycle.append((time.time(), kind))
-        if len(lifecycle) > 4 * MAX_LIFECYCLE:  # bounded even if nobody reads it
+        lifecycle.append((_wall(), kind))
+        if len(lifecycle) > _LIFECYCLE_BOUND:  # bounded even if nobody reads it
             del lifecycle[:-MAX_LIFECYCLE]
 
 
@@ -109,25 +130,34 @@ class SessionRegistry:
         #: entries of sessions that ended (collected, or replaced by a new session that
         #: got the same id), for the worker to report once
         self.ended: collections.deque[SessionEntry] = collections.deque(maxlen=10_000)
-        #: (sid, identity map, ids of states already modified) of closed sessions,
+        #: (entry, identity map, ids of states already modified) of closed sessions,
         #: for the worker to start watching
-        self.closed_maps: collections.deque[tuple[str, Any, frozenset[int]]] = (
+        self.closed_maps: collections.deque[tuple[SessionEntry, Any, frozenset[int]]] = (
             collections.deque(maxlen=1000))
         #: states of objects passed to Session.merge(): their detached changes are
         #: written by the session they were merged into
         self.merged: "weakref.WeakSet[Any]" = weakref.WeakSet()
-        self._numbers = itertools.count(1)  # next() on a count is atomic
+        #: session numbers (next() on a count is atomic)
+        self.numbers = itertools.count(1)
 
-    def entry_for(self, session: "Session", thread_id: int, task: str | None) -> SessionEntry:
-        """The entry of ``session``, created on first sight."""
+    def entry_for(self, session: "Session", thread_id: int, task: str | None,
+                  now: float | None = None) -> SessionEntry:
+        """The entry of ``session``, created on first sight (``now``: its wall time)."""
         entry = self.by_id.get(id(session))
         if entry is not None and entry.ref() is session:
             return entry
         if entry is not None:
             self.ended.append(entry)  # a dead session whose id was reused
-        entry = SessionEntry(next(self._numbers), session, thread_id, task)
+        entry = SessionEntry(next(self.numbers), session, thread_id, task, now)
         self.by_id[id(session)] = entry
         return entry
+
+    def gone(self, entry: SessionEntry) -> None:
+        """Queue the entry of a session that died (already out of ``by_id``) for the
+        worker to report it ended."""
+        mark_ended(entry, "collected")
+        entry.gone = True
+        self.ended.append(entry)
 
     def get(self, session: "Session") -> SessionEntry | None:
         entry = self.by_id.get(id(session))
@@ -173,6 +203,7 @@ class SessionReporter:
         registry = self.registry
         now_perf, now_wall = perf_counter(), time.time()
         out: list[tuple[float, dict[str, Any], SessionEntry]] = []
+        live: dict[int, int] = {}  # id(entry) -> its key in by_id
         for key, entry in list(registry.by_id.items()):
             session = entry.ref()
             if session is None:
@@ -183,11 +214,13 @@ class SessionReporter:
                 registry.ended.append(entry)
                 continue
             summary = self.summary(entry, session, now_perf, now_wall, locate)
+            session = None
             if summary is not None:
                 out.append((entry.txn_since or now_wall + 1, summary, entry))
+                live[id(entry)] = key
         while registry.ended:
             entry = registry.ended.popleft()
-            _drop_conns(registry, entry)
+            drop_conns(registry, entry)
             if entry.sent is None and not entry.noteworthy:
                 continue  # began and ended between two state frames: never shown live
             summary = self.summary(entry, None, now_perf, now_wall, locate)
@@ -197,6 +230,11 @@ class SessionReporter:
         sent = out[:MAX_SESSIONS]
         for _, summary, entry in sent:
             entry.sent = _fingerprint(summary)
+            key = live.get(id(entry))
+            if key is not None and not entry.gone and registry.by_id.get(key) is not entry:
+                # its session died meanwhile, its __del__ seeing it not shown yet:
+                # shown now, so it is reported ended next round
+                registry.gone(entry)
         return [summary for _, summary, _ in sent], max(0, len(out) - MAX_SESSIONS)
 
     def summary(self, entry: SessionEntry, session: "Session | None", now_perf: float,
@@ -267,7 +305,8 @@ class SessionReporter:
         """Start watching the objects of sessions closed since the last round."""
         closed = self.registry.closed_maps
         while closed:
-            sid, identity_map, already = closed.popleft()
+            entry, identity_map, already = closed.popleft()
+            sid = entry.sid
             try:
                 states = list(identity_map._dict.values())
             except RuntimeError:
@@ -383,7 +422,7 @@ def mark_ended(entry: SessionEntry, how: str) -> None:
         entry.log(how)
 
 
-def _drop_conns(registry: SessionRegistry, entry: SessionEntry) -> None:
+def drop_conns(registry: SessionRegistry, entry: SessionEntry) -> None:
     for key in list(entry.conns):
         if registry.by_conn.get(key) is entry:
             registry.by_conn.pop(key, None)

@@ -38,6 +38,8 @@ class Filter:
         self.modified = modified if isinstance(modified, bool) else None
         self.offset = max(0, _int(args.get("offset"), 0))
         self.limit = min(MAX_SNAPSHOT_ENTITIES, max(1, _int(args.get("limit"), 100)))
+        #: class names left out (the dashboard switched their snapshots off)
+        self.hidden: frozenset[str] = frozenset()
 
 
 def _int(value: Any, default: int) -> int:
@@ -71,7 +73,7 @@ def take(session: "Session", redactor: Redactor, wanted: Filter) -> dict[str, An
     for state in ordered:
         try:
             name = state.class_.__name__
-            if wanted.cls is not None and name != wanted.cls:
+            if name in wanted.hidden or (wanted.cls is not None and name != wanted.cls):
                 continue
             kind = "deleted" if id(state) in deleted_ids else _state_name(state)
             if wanted.state is not None and kind != wanted.state:
@@ -99,6 +101,8 @@ def take(session: "Session", redactor: Redactor, wanted: Filter) -> dict[str, An
                                                      and id(s) not in deleted_ids]),
                        ("delete", deleted)):
         for state in states:
+            if wanted.hidden and state.class_.__name__ in wanted.hidden:
+                continue
             try:
                 change = _change(op, state, redactor)
             except Exception:
@@ -138,6 +142,12 @@ def identity_of(state: Any) -> str:
             return ""
         values.append(value)
     return identity_text(tuple(values))
+
+
+def pending_change(op: str, state: Any, redactor: Redactor) -> dict[str, Any] | None:
+    """What a flush would write for ``state`` (``op``: insert, update, delete), with
+    values rendered and redacted; None for an update that would write nothing."""
+    return _change(op, state, redactor)
 
 
 def _change(op: str, state: Any, redactor: Redactor) -> dict[str, Any] | None:

@@ -79,7 +79,10 @@ class Transport:
         try:
             ws.send(frame)
         except ConnectionClosed as exc:
-            self._closed(exc, self._drain(ws)[0])
+            # send() sees the close as soon as websockets' reader thread has parsed it,
+            # possibly before that thread has queued the messages that came just before
+            # it (the dashboard's "error" frame with the reason): wait for them
+            self._closed(exc, self._drain(ws, wait=1.0)[0])
 
     def receive(self) -> list[bytes | str]:
         """Every message already waiting, without blocking."""
@@ -89,11 +92,14 @@ class Transport:
         return messages
 
     @staticmethod
-    def _drain(ws: ClientConnection) -> tuple[list[Any], ConnectionClosed | None]:
+    def _drain(ws: ClientConnection, wait: float = 0.0
+               ) -> tuple[list[Any], ConnectionClosed | None]:
+        """Messages already received; ``wait`` > 0 when the connection is known to be
+        closing, so that recv() ends with ConnectionClosed once the reader is done."""
         messages: list[Any] = []
         try:
             while True:
-                messages.append(ws.recv(timeout=0))
+                messages.append(ws.recv(timeout=wait))
         except TimeoutError:
             return messages, None
         except ConnectionClosed as exc:

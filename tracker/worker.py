@@ -158,6 +158,8 @@ class Worker:
                 self._on_message(message)
             self._announce_engines()
             self._send_events()
+            for message in self.agent.remote_traces.frames():
+                self.transport.send(protocol.encode(message))
             if due:
                 self.transport.send(protocol.encode(self.state()))
         except TransportError as exc:
@@ -179,16 +181,19 @@ class Worker:
                     last_entry, stats = entry, stats_for(entry)
                 if kind is _STATEMENT:
                     seconds = item[2]
-                    stats.counters["statements"] += 1
-                    stats.statement_time += seconds
+                    # sampled (the dashboard's "sampling" switch): one recorded
+                    # statement stands for ``sample`` of them
+                    weight = entry.sample
+                    stats.counters["statements"] += weight
+                    stats.statement_time += seconds * weight
                     shape = stats.by_text.get(item[3]) or stats.statement(item[3])
-                    shape.count += 1
-                    shape.total += seconds
+                    shape.count += weight
+                    shape.total += seconds * weight
                     if seconds > shape.max:
                         shape.max = seconds
-                    shape.buckets[bisect_left(bounds, seconds)] += 1
+                    shape.buckets[bisect_left(bounds, seconds)] += weight
                     if item[5] > 0:
-                        shape.rows += item[5]
+                        shape.rows += item[5] * weight
                     if item[6] and not shape.stack:
                         shape.stack = describe(item[6])
                     stats.changed[shape.shape.fp] = shape
@@ -379,8 +384,9 @@ class Worker:
         if self.connections:
             self.reconnects += 1
         self.connections += 1
-        self._last_refusal = None
-        log.info("retort agent: connected to %s", self.config.url)
+        # _last_refusal is cleared on welcome, not here: a refused agent's hello can
+        # go out before the dashboard's close arrives, and the same refusal would
+        # then be logged again on every retry
         return True
 
     def _lost(self, exc: TransportError) -> None:
@@ -426,6 +432,8 @@ class Worker:
 
     def _on_welcome(self, message: dict[str, Any]) -> None:
         self.agent.dashboard_process_id = message["process"]
+        self._last_refusal = None
+        log.info("retort agent: connected to %s", self.config.url)
 
     def _on_control(self, message: dict[str, Any]) -> None:
         handler = self.agent.controls.get(message["action"])

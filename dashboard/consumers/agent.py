@@ -5,8 +5,10 @@ refused frame closes the socket with the protocol's close code and the reason, a
 nothing from it is kept.
 
 After its hello the connection joins its process's group (``groups.process``): pages
-ask the agent for something (a session snapshot) by sending ``groups.CONTROL``
-messages there, which are forwarded as ``control`` frames.
+ask the agent for something (a session snapshot, a toggle) by sending
+``groups.CONTROL`` messages there, which are forwarded as ``control`` frames. Right
+after the welcome it sends the process every toggle that concerns it and a ``sync``
+(``dashboard.toggles``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.conf import settings
 
 from tracker import protocol
 
-from .. import groups, ingest, session_ingest
+from .. import groups, ingest, session_ingest, toggles
 from ..models import AgentToken
 
 log = logging.getLogger("dashboard.agent")
@@ -117,9 +119,14 @@ class AgentConsumer(AsyncWebsocketConsumer):
         await self.send(bytes_data=protocol.encode(
             {"t": "welcome", "process": process.pk,
              "interval": float(getattr(settings, "RETORT_AGENT_INTERVAL", 0.5))}))
+        # the toggles that concern it, then the sync: sent directly, so that they
+        # come before any change queued on the process group meanwhile
+        for control in await database_sync_to_async(toggles.on_hello)(process.pk):
+            await self.send(bytes_data=protocol.encode(control))
         # findings too: the dashboard's own capacity check ran with the hello
         await self.notify(groups.OVERVIEW, groups.app_sessions(process.app_id),
-                          groups.app_findings(process.app_id))
+                          groups.app_findings(process.app_id),
+                          groups.app_controls(process.app_id))
 
     async def on_engine(self, message: dict[str, Any]) -> None:
         pk = await database_sync_to_async(ingest.store_engine)(self.process_id, message)
@@ -142,10 +149,23 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def on_ack(self, message: dict[str, Any]) -> None:
         log.info("agent %s acknowledged %s: %s", self.process_id, message["id"][:200],
                  message["status"])
+        kind = message["id"].partition(":")[0]
+        if kind in (toggles.TOGGLE, toggles.SYNC):
+            store = toggles.store_ack if kind == toggles.TOGGLE else toggles.store_sync_ack
+            app_pk = await database_sync_to_async(store)(self.process_id, message)
+            if app_pk is not None:
+                await self.notify(groups.app_controls(app_pk))
+            return
         pk = await database_sync_to_async(session_ingest.store_refusal)(self.process_id,
                                                                         message)
         if pk is not None:
             await self.notify(groups.session(pk))
+
+    async def on_trace(self, message: dict[str, Any]) -> None:
+        # Recordings streamed from agents (issue 7) are not stored yet: the dashboard
+        # never sends the ``record`` control, so only a misbehaving agent gets here.
+        log.warning("agent %s sent trace lines nobody asked for (trace %s); ignored",
+                    self.process_id, message["trace"][:100])
 
     async def on_snapshot(self, message: dict[str, Any]) -> None:
         pk = await database_sync_to_async(session_ingest.store_snapshot)(self.process_id,
@@ -176,7 +196,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
             stored = await database_sync_to_async(ingest.mark_disconnected)(process_id)
             # open engine and session pages show their process's status too
             await self.notify(groups.OVERVIEW, groups.app_sessions(self.app_id),
-                              *self.pages(stored))
+                              groups.app_controls(self.app_id), *self.pages(stored))
 
     @staticmethod
     def pages(stored: ingest.Stored) -> list[str]:

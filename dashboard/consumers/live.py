@@ -21,7 +21,7 @@ from django.http import QueryDict
 from tracker import protocol
 
 from .. import conf, control, groups
-from ..live import findings, fragments, sessions, statements
+from ..live import controls, findings, fragments, sessions, statements
 
 log = logging.getLogger("dashboard.live")
 
@@ -30,6 +30,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
     """Base: subclasses name their group and how to render their fragments."""
 
     group: str = ""
+    #: more groups whose notices re-render the page (e.g. its quick toggles')
+    also: tuple[str, ...] = ()
     _flusher: asyncio.Task | None = None
 
     def render(self) -> str:  # runs in a thread: may use the ORM
@@ -50,7 +52,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         self._dirty = False
         self._last_flush = 0.0
         # join before accepting: a notice sent while the page connects is not lost
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        for name in (self.group, *self.also):
+            await self.channel_layer.group_add(name, self.channel_name)
         self.joined = True
         await self.accept()
 
@@ -61,7 +64,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "joined", False):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            for name in (self.group, *self.also):
+                await self.channel_layer.group_discard(name, self.channel_name)
         if self._flusher is not None:
             self._flusher.cancel()
 
@@ -98,10 +102,20 @@ class EngineLive(LiveConsumer):
 
         self.engine_pk = int(self.scope["url_route"]["kwargs"]["pk"])
         self.group = groups.engine(self.engine_pk)
-        return Engine.objects.filter(pk=self.engine_pk).exists()
+        engine = (Engine.objects.filter(pk=self.engine_pk)
+                  .values_list("process__app_id", "name").first())
+        if engine is None:
+            return False
+        self.app_pk, self.engine_name = engine
+        self.also = (groups.app_controls(self.app_pk),)  # its quick toggles
+        return True
 
     def render(self) -> str:
-        return fragments.engine(self.engine_pk, oob=True)
+        from django.urls import reverse
+
+        return fragments.engine(self.engine_pk, oob=True) + controls.quick_html(
+            self.app_pk, self.scope["user"], "engine", self.engine_name, None,
+            reverse("engine", args=[self.engine_pk]))
 
 
 def _query(scope: dict[str, Any]) -> QueryDict:
@@ -140,6 +154,27 @@ class FindingsLive(LiveConsumer):
         return findings.findings(self.app_pk, self.filters, oob=True)
 
 
+class ControlsLive(LiveConsumer):
+    """An app's controls page: its toggles and each process's answer."""
+
+    def resolve(self) -> bool:
+        from ..models import App
+
+        self.app_pk = int(self.scope["url_route"]["kwargs"]["pk"])
+        self.group = groups.app_controls(self.app_pk)
+        return App.objects.filter(pk=self.app_pk).exists()
+
+    async def connect(self) -> None:
+        await super().connect()
+        if getattr(self, "joined", False):
+            # the page is often opened by the redirect after a change, and the agents'
+            # answers may come before its socket joined: render once right away
+            await self.live_changed({"type": groups.CHANGED})
+
+    def render(self) -> str:
+        return controls.controls(self.app_pk, self.scope["user"], oob=True)
+
+
 class SessionsLive(LiveConsumer):
     """An app's sessions page, with its filters and sort."""
 
@@ -169,7 +204,12 @@ class SessionLive(LiveConsumer):
         self.group = groups.session(self.session_pk)
         self.query = _query(self.scope)
         self.args = control.snapshot_args(self.query)
-        return TrackedSession.objects.filter(pk=self.session_pk).exists()
+        session = (TrackedSession.objects.filter(pk=self.session_pk)
+                   .values_list("process__app_id", flat=True).first())
+        if session is None:
+            return False
+        self.also = (groups.app_controls(session),)  # its quick toggles
+        return True
 
     async def connect(self) -> None:
         await super().connect()
@@ -194,4 +234,14 @@ class SessionLive(LiveConsumer):
             await asyncio.sleep(conf.get("SNAPSHOT_SECONDS"))
 
     def render(self) -> str:
-        return sessions.session(self.session_pk, self.query, oob=True)
+        from ..models import TrackedSession
+
+        html = sessions.session(self.session_pk, self.query, oob=True)
+        session = (TrackedSession.objects.select_related("process")
+                   .filter(pk=self.session_pk).first())
+        if session is not None and session.live:
+            query = self.query.urlencode()
+            html += controls.quick_html(
+                session.process.app_id, self.scope["user"], "session", session.key,
+                session.process, f"/sessions/{session.pk}/" + (f"?{query}" if query else ""))
+        return html

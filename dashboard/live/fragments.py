@@ -15,7 +15,7 @@ from django.db.models import Count, Prefetch, Q
 
 from .. import conf
 from ..session_ingest import end_sessions_of_silent_processes
-from ..models import App, Engine, PoolSample, Process, TrackedSession
+from ..models import App, Engine, PoolSample, Process, Toggle, TrackedSession
 from . import findings
 from .charts import pool_timeline
 
@@ -33,9 +33,12 @@ def overview_context() -> dict[str, Any]:
         live_sessions=Count("processes__sessions", distinct=True,
                             filter=Q(processes__sessions__ended_at__isnull=True)),
     ))
+    in_force = dict(Toggle.objects.filter(value__isnull=False).values_list("app_id")
+                    .annotate(n=Count("pk")).order_by())
     open_findings = findings.open_counts()
     for app in apps:
         app.open_findings = open_findings.get(app.pk, [])
+        app.toggle_count = in_force.get(app.pk, 0)
     return {"apps": apps, "recent_seconds": conf.get("RECENT_PROCESS_SECONDS")}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from ..live import fragments, sessions, statements
+from ..live import controls, fragments, sessions, statements
 from ..models import App, Engine, TrackedSession
 
 
@@ -16,7 +16,11 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 def engine_detail(request: HttpRequest, pk: int) -> HttpResponse:
     engine = get_object_or_404(Engine.objects.select_related("process__app"), pk=pk)
-    return render(request, "dashboard/engine.html", fragments.engine_context(engine))
+    app = engine.process.app
+    return render(request, "dashboard/engine.html", {
+        **fragments.engine_context(engine),
+        **controls.quick_context(app, request.user, "engine", engine.name, None,
+                                 request.get_full_path())})
 
 
 def engine_statements(request: HttpRequest, pk: int) -> HttpResponse:
@@ -34,5 +38,10 @@ def app_sessions(request: HttpRequest, pk: int) -> HttpResponse:
 
 def session_detail(request: HttpRequest, pk: int) -> HttpResponse:
     session = get_object_or_404(TrackedSession.objects.select_related("process__app"), pk=pk)
-    return render(request, "dashboard/session.html",
-                  sessions.session_context(session, request.GET))
+    context = sessions.session_context(session, request.GET)
+    if session.live:
+        context.update(controls.quick_context(session.process.app, request.user, "session",
+                                              session.key, session.process,
+                                              request.get_full_path()))
+    return render(request, "dashboard/session.html", context)
+

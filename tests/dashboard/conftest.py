@@ -270,13 +270,29 @@ async def open_agent(raw: str | None, *extra: tuple[bytes, bytes]) -> WebsocketC
     return communicator
 
 
-async def say_hello(communicator: WebsocketCommunicator,
-                    hello: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Send a hello; return the decoded welcome."""
+async def hello_and_controls(communicator: WebsocketCommunicator,
+                             hello: dict[str, Any] | None = None,
+                             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Send a hello; return the decoded welcome and the control frames that follow
+    it (the toggles that concern the process, then the ``sync``, always last)."""
     await communicator.send_to(bytes_data=frame(hello or hello_msg()))
     reply = await communicator.receive_from()
     assert isinstance(reply, bytes)
-    return protocol.decode(reply, allowed=frozenset({"welcome"}))
+    welcome = protocol.decode(reply, allowed=frozenset({"welcome"}))
+    controls: list[dict[str, Any]] = []
+    while not controls or controls[-1]["action"] != "sync":
+        reply = await communicator.receive_from()
+        assert isinstance(reply, bytes)
+        controls.append(protocol.decode(reply, allowed=frozenset({"control"})))
+    return welcome, controls
+
+
+async def say_hello(communicator: WebsocketCommunicator,
+                    hello: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send a hello; return the decoded welcome (the controls after it are read and
+    left out: ``hello_and_controls`` returns them)."""
+    welcome, _ = await hello_and_controls(communicator, hello)
+    return welcome
 
 
 async def send_and_settle(communicator: WebsocketCommunicator,
@@ -491,3 +507,38 @@ def view(frozen, tracked, logged_in):
         return response.content.decode()
     return get
 
+
+
+@pytest.fixture
+def operator(django_user_model):
+    """A user "olga" in the Operators group (may change toggles)."""
+    from django.contrib.auth.models import Group, Permission
+
+    # the data migration made the group; transactional tests flush it away (their
+    # flush re-creates permissions, not groups), so make sure it is there
+    group, _ = Group.objects.get_or_create(name="Operators")
+    group.permissions.add(Permission.objects.get(codename="operate_agents"))
+    user = django_user_model.objects.create_user("olga")
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def as_operator(client, operator):
+    """The test client, logged in as olga (an operator)."""
+    client.force_login(operator)
+    return client
+
+
+def second_process(app, *, host: str = "web-2", pid: int = 77, connected: bool = True):
+    """Another process of ``app`` (with its engine e1), connected or not."""
+    from dashboard import ingest
+    from dashboard.models import AgentToken
+
+    token = AgentToken.objects.filter(app=app).first() or AgentToken.issue(app, "web")[0]
+    process = ingest.register_process(
+        token, protocol.decode(frame(hello_msg(app.name, host=host, pid=pid))))
+    if not connected:
+        ingest.mark_disconnected(process.pk)
+        process.refresh_from_db()
+    return process

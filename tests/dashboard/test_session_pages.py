@@ -270,7 +270,10 @@ def test_the_overview_links_each_app_to_its_sessions_with_the_live_count(view, t
     html = view("/")
     assert (f'<p class="small app-links"><a class="sessions-link" href="/apps/{tracked.app.pk}'
             f'/sessions/">2 live sessions</a> · <a class="findings-link" '
-            f'href="/apps/{tracked.app.pk}/findings/">no open finding</a></p>') in html
+            f'href="/apps/{tracked.app.pk}/findings/">no open finding</a> · <a '
+            f'class="controls-link" href="/apps/{tracked.app.pk}/controls/">controls</a> · '
+            f'<a class="audit-link" href="/apps/{tracked.app.pk}/audit/">audit log</a>'
+            '</p>') in html
     assert html.count('class="sessions-link"') == 1  # billing has no process yet
     # the per-app count does not multiply the process count
     assert "1 process in all" not in html

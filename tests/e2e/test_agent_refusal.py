@@ -18,6 +18,8 @@ def test_wrong_token_is_refused_with_a_clear_reason(start_app):
 
 def test_token_of_another_app_is_refused(start_app):
     app = start_app(app_name="not-e2e-app")
+    # the reason comes from the first attempt: the transport waits for the messages
+    # that preceded the close (tracker/transport.py, send())
     time.sleep(1.0)
     stderr = app.close()
     assert ("dashboard refused the agent: this token belongs to app 'e2e-app', "

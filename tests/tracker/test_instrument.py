@@ -24,12 +24,9 @@ def _detached():
 
 def _listeners(agent):
     return [
-        (Pool, "checkout", agent.pool_hooks._checkout_evt),
-        (Pool, "checkin", agent.pool_hooks._checkin_evt),
         (Pool, "connect", agent.pool_hooks._connect_evt),
-        (Engine, "do_execute", agent.engine_hooks._do_execute_evt),
-        (Engine, "do_executemany", agent.engine_hooks._do_executemany_evt),
-        (Engine, "do_execute_no_params", agent.engine_hooks._do_execute_no_params_evt),
+        (Pool, "invalidate", agent.pool_hooks._invalidate_evt),
+        (Pool, "detach", agent.pool_hooks._detach_evt),
     ]
 
 
@@ -41,8 +38,8 @@ def test_instrument_is_idempotent():
     count = len(first.agent.listeners)
     second = tracker.instrument(run_worker=False, url=None, app="ignored")
     assert second.agent is first.agent
-    # 7 pool, 3 dialect, 6 session listeners
-    assert len(first.agent.listeners) == count == 16
+    # 5 pool, 6 session listeners (checkouts, checkins and statements are wrappers)
+    assert len(first.agent.listeners) == count == 11
     assert Session.__dict__["close"].__wrapped__ is original_close
     assert "__del__" in Session.__dict__
     assert first.agent.config.app == "a"
@@ -60,11 +57,16 @@ def test_uninstrument_removes_every_listener_and_wrapper(tmp_path):
     agent = handle.agent
     with engine.connect():
         pass
-    assert "connect" in engine.pool.__dict__
+    assert "connect" in engine.pool.__dict__ and "_return_conn" in engine.pool.__dict__
+    assert {"do_execute", "do_executemany", "do_execute_no_params"} <= set(
+        engine.dialect.__dict__)
     assert all(event.contains(*listener) for listener in _listeners(agent))
     tracker.uninstrument()
     assert not any(event.contains(*listener) for listener in _listeners(agent))
     assert "connect" not in engine.pool.__dict__
+    assert "_return_conn" not in engine.pool.__dict__
+    assert not {"do_execute", "do_executemany", "do_execute_no_params"} & set(
+        engine.dialect.__dict__)
     assert len(agent.listeners) == 0
     # nothing is recorded any more
     with engine.connect() as conn:
@@ -129,18 +131,34 @@ def test_bad_configuration_is_reported_clearly():
 
 def test_an_agent_failure_never_reaches_the_application(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
-    handle = tracker.instrument(run_worker=False, url=None, app="a")
+    handle = tracker.instrument(run_worker=False, url=None, app="a",
+                                capture_locations="always")
+    agent = handle.agent
 
     class Broken:
         def __getattr__(self, name):
             raise RuntimeError("agent bug")
 
-    # every hook now fails inside the agent
-    handle.agent.pool_hooks.registry = handle.agent.engine_hooks.registry = Broken()
+    # the discovery of the new pool (at its first connection) fails inside the agent
+    agent.pool_hooks.registry = agent.engine_hooks.registry = Broken()
     with engine.connect() as conn:
         assert conn.execute(sa.text("select 42")).scalar() == 42
-    assert handle.agent.recorder.errors >= 3  # checkout, statement, checkin
-    assert handle.agent.recorder.first_error.startswith("pool.")
+    assert agent.recorder.errors == 1
+    assert agent.recorder.first_error.startswith("pool.")
+    # the wrappers of a discovered pool and dialect fail inside (their stack walks)
+    agent.pool_hooks.registry = agent.engine_hooks.registry = agent.registry
+    agent.registry.engine_entry(engine)
+
+    def capture(frame=None):
+        raise RuntimeError("agent bug")
+
+    agent.finder.capture = capture
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("select 43")).scalar() == 43
+        # the statement's own error reaches the application unchanged
+        with pytest.raises(sa.exc.OperationalError, match="no such table: nowhere"):
+            conn.execute(sa.text("select * from nowhere"))
+    assert agent.recorder.errors >= 3  # + the checkout's and the statement's
     engine.dispose()
 
 

@@ -36,9 +36,13 @@ def _free_port() -> int:
 class Peer:
     """A websocket server in a thread that records every decoded message."""
 
-    def __init__(self, port: int | None = None, refuse: tuple[int, str] | None = None):
+    def __init__(self, port: int | None = None, refuse: tuple[int, str] | None = None,
+                 refuse_after_hello: str | None = None):
         self.port = port or _free_port()
         self.refuse = refuse
+        #: refuse as the dashboard does after reading the hello: an error frame with
+        #: the reason, then a close with the code only (daphne drops close reasons)
+        self.refuse_after_hello = refuse_after_hello
         self.messages: list[dict] = []
         self.headers: list[dict] = []
         self._server = None
@@ -53,6 +57,12 @@ class Peer:
         if self.refuse:
             ws.recv()
             ws.close(*self.refuse)
+            return
+        if self.refuse_after_hello:
+            self.messages.append(protocol.decode(ws.recv()))
+            ws.send(protocol.encode({"t": "error", "code": protocol.CLOSE_UNAUTHORIZED,
+                                     "reason": self.refuse_after_hello}))
+            ws.close(protocol.CLOSE_UNAUTHORIZED)
             return
         for frame in ws:
             message = protocol.decode(frame)
@@ -173,6 +183,25 @@ def test_refusal_is_logged_once_and_backs_off(caplog, tmp_path):
         assert len(refusing.headers) == 1
         warnings = [r for r in caplog.records if "refused the agent" in r.getMessage()]
         assert len(warnings) == 1
+    finally:
+        tracker.uninstrument()
+        refusing.stop()
+
+
+def test_a_refusal_after_the_hello_is_logged_once_with_its_reason(caplog, tmp_path):
+    # The hello goes out before the refusal comes back, on every attempt: the agent is
+    # not "connected" until welcomed, so the same refusal is not logged again.
+    refusing = Peer(refuse_after_hello="this token belongs to app 'shop', not 'cart'")
+    refusing.start()
+    try:
+        tracker.instrument(url=refusing.url, token="rt_any", app="cart",
+                           backoff_initial=0.05, backoff_max=0.1)
+        assert refusing.wait_for(lambda: len(refusing.headers) >= 4)
+        warnings = [r.getMessage() for r in caplog.records
+                    if "refused the agent" in r.getMessage()]
+        assert warnings == ["retort agent: dashboard refused the agent: this token belongs "
+                            "to app 'shop', not 'cart' (retrying in 0.1s)"]
+        assert [m["t"] for m in refusing.messages][:4] == ["hello"] * 4
     finally:
         tracker.uninstrument()
         refusing.stop()

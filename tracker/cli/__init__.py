@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from . import check
+from . import attach, check, export, run
 
 #: The subcommands, in the order ``--help`` lists them.
-COMMANDS: tuple[ModuleType, ...] = (check,)
+COMMANDS: tuple[ModuleType, ...] = (run, attach, check, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

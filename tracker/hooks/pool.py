@@ -1,10 +1,21 @@
-"""Pool listeners: connects, checkouts, checkins, invalidations — and who holds what.
+"""Pool hooks: connects, checkouts, checkins, invalidations — and who holds what.
 
-Listeners are registered on the ``Pool`` class, so pools created before ``instrument()``
-are covered. SQLAlchemy has no event before a checkout starts and raises the "QueuePool
-limit … reached" ``TimeoutError`` without any event, so waiting threads, wait times and
-checkout timeouts are measured by :func:`wrap_connect`, which shadows the public
-``Pool.connect()`` on each pool instance the agent discovers (removed on uninstrument).
+Checkouts and checkins are seen by :func:`wrap_connect`, which shadows the public
+``Pool.connect()`` and the private ``Pool._return_conn()`` (called by every checkin,
+right after the ``checkin`` event) on each pool instance the agent discovers, removed
+on uninstrument. SQLAlchemy has no event before a checkout starts and raises the
+"QueuePool limit … reached" ``TimeoutError`` without any event, so the wrapper is what
+times waits, lists waiting threads and counts timeouts; it also records the checkout
+itself, which spares SQLAlchemy's ``checkout`` dispatch (and the retry loop it runs
+when any checkout listener exists) on every checkout, and the checkin wrapper spares
+the ``checkin`` dispatch.
+
+The rarer events are listeners on the ``Pool`` class (``connect``, ``invalidate``,
+``soft_invalidate``, ``close``, ``detach``), so every pool is covered. A pool created
+after ``instrument()`` is discovered by its first DBAPI connection (the ``connect``
+event, inside its first checkout): that checkout, which runs before the pool is
+wrapped, is recorded by the ``connect`` listener. (Should ``Pool._return_conn`` ever
+disappear, checkins fall back to a ``checkin`` listener.)
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import Pool, SingletonThreadPool
 
 from ..locations import ALWAYS, NONE, OFF, PRESSURE
 from . import ListenerSet
@@ -40,6 +51,9 @@ WAIT = "wait"  # a timed pool.connect() that returned: a checkout and its wait
 TIMEOUT = "timeout"
 
 _WRAPPED = "__retort_wrapped__"
+#: Checkins are recorded by a wrapper of ``Pool._return_conn`` (private, in SQLAlchemy
+#: 2.0 and 2.1), not by a ``checkin`` listener.
+CHECKIN_BY_WRAPPER = callable(getattr(Pool, "_return_conn", None))
 
 
 def pool_of_record(record: Any) -> Pool | None:
@@ -55,7 +69,8 @@ class PoolHooks:
         self.registry = registry
         self.finder = finder
         #: "always", "pressure" (walk the stack only when half the pool is in use:
-        #: the walk is most of the agent's cost per checkout) or "off"
+        #: the walk is most of the agent's cost per checkout) or "off"; an engine's
+        #: ``locations`` switch overrides it for that engine's pools
         self.capture_locations = capture_locations
         self.bind(recorder)
 
@@ -68,8 +83,8 @@ class PoolHooks:
 
     def install(self, listeners: ListenerSet) -> None:
         listeners.listen(Pool, "connect", self._connect_evt)
-        listeners.listen(Pool, "checkout", self._checkout_evt)
-        listeners.listen(Pool, "checkin", self._checkin_evt)
+        if not CHECKIN_BY_WRAPPER:
+            listeners.listen(Pool, "checkin", self._checkin_evt)
         listeners.listen(Pool, "invalidate", self._invalidate_evt)
         listeners.listen(Pool, "soft_invalidate", self._soft_invalidate_evt)
         listeners.listen(Pool, "close", self._close_evt)
@@ -81,39 +96,29 @@ class PoolHooks:
         entry = self.registry.pools.get(id(pool))
         return entry if entry is not None else self.registry.pool_entry(pool)
 
+    def _mode(self, entry: "PoolEntry") -> str:
+        return entry.engine.locations or self.capture_locations
+
     def _connect_evt(self, dbapi_connection: Any, record: Any) -> None:
         try:
             entry = self._entry(pool_of_record(record))
-            if entry is not None:
-                self.recorder.submit((CONNECT, entry))
+            if entry is None:
+                return
+            self.recorder.submit((CONNECT, entry))
+            tid = _get_ident()
+            if tid not in entry.waiters:
+                # a new connection is made inside a checkout; outside the timed
+                # pool.connect() (the pool was discovered just now, by this connection)
+                # that checkout is recorded here
+                holders = entry.holders
+                stack = _stack(self._mode(entry), len(holders), entry, self.finder)
+                holders[id(record)] = (perf_counter(), tid, stack)
+                self.recorder.submit((CHECKOUT, entry))
         except Exception as exc:
             self.recorder.count_error("pool.connect", exc)
 
-    def _checkout_evt(self, dbapi_connection: Any, record: Any, fairy: Any) -> None:
-        try:
-            pool = fairy._pool
-            entry = self.registry.pools.get(id(pool)) or self._entry(pool)
-            if entry is None:
-                return
-            tid = _get_ident()
-            holders = entry.holders
-            mode = self.capture_locations
-            if mode == PRESSURE:
-                stack = self.finder.capture() if len(holders) >= entry.pressure_at else NONE
-            elif mode == ALWAYS:
-                stack = self.finder.capture()
-            else:
-                stack = NONE
-            # the worker turns t0 into wall time and tid into a thread name
-            holders[id(record)] = (perf_counter(), tid, stack)
-            if tid not in entry.waiters:
-                # inside a timed pool.connect() the WAIT item counts the checkout:
-                # one item per checkout for the worker, not two
-                self.recorder.submit((CHECKOUT, entry))
-        except Exception as exc:
-            self.recorder.count_error("pool.checkout", exc)
-
     def _checkin_evt(self, dbapi_connection: Any, record: Any) -> None:
+        # only without a Pool._return_conn to wrap (see wrap_connect)
         try:
             pool = pool_of_record(record)
             entry = self.registry.pools.get(id(pool)) or self._entry(pool)
@@ -134,7 +139,7 @@ class PoolHooks:
             entry = self._entry(pool_of_record(record))
             if entry is None:
                 return
-            stack = self.finder.capture() if self.capture_locations != OFF else NONE
+            stack = self.finder.capture() if self._mode(entry) != OFF else NONE
             reason = f"{type(error).__name__}: {error}"[:500] if error is not None else ""
             self.recorder.submit((INVALIDATE, entry, time.time(),
                                   _current_thread().name, stack, reason))
@@ -168,14 +173,30 @@ class PoolHooks:
             self.recorder.count_error("pool.detach", exc)
 
 
+def _stack(mode: str, held: int, entry: "PoolEntry", finder: "LocationFinder") -> Any:
+    """The checkout's code location, as ``mode`` asks: "pressure" walks the stack only
+    when half the pool is already held."""
+    if mode == PRESSURE:
+        return finder.capture() if held >= entry.pressure_at else NONE
+    if mode == ALWAYS:
+        return finder.capture()
+    return NONE
+
+
 def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
                  finder: "LocationFinder", capture_locations: str) -> None:
-    """Shadow ``pool.connect`` on this instance to time the wait for a connection,
-    list the threads waiting, and count checkout timeouts."""
+    """Shadow ``pool.connect`` on this instance to record checkouts, time the wait for
+    a connection, list the threads waiting and count checkout timeouts; and
+    ``pool._return_conn`` to record checkins."""
     if _WRAPPED in pool.__dict__:
         return
     original: Callable[[], Any] = pool.connect  # bound method of the class
     waiters = entry.waiters
+    holders = entry.holders
+    pressure_at = entry.pressure_at
+    engine = entry.engine
+    # only a SingletonThreadPool hands a checked-out connection out again
+    reentrant = isinstance(pool, SingletonThreadPool)
     submit = recorder.submit
     queue, room = recorder.queue, recorder.maxlen
 
@@ -185,11 +206,12 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
         # a thread that waits long is seen by the worker, which samples its stack
         waiters[tid] = t0
         try:
-            connection = original()
+            fairy = original()
         except sa_exc.TimeoutError:
             waiters.pop(tid, None)
             try:
-                stack = finder.capture() if capture_locations != OFF else NONE
+                mode = engine.locations or capture_locations
+                stack = finder.capture() if mode != OFF else NONE
                 submit((TIMEOUT, entry, time.time(), perf_counter() - t0,
                         _current_thread().name, stack))
             except Exception as exc:  # never let the agent change the error raised
@@ -198,20 +220,60 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
         except BaseException:
             waiters.pop(tid, None)
             raise
-        waiters.pop(tid, None)
-        item = (WAIT, entry, perf_counter() - t0)
-        if len(queue) < room:
-            queue.append(item)
-        else:
-            submit(item)
-        return connection
+        t1 = perf_counter()
+        try:
+            del waiters[tid]
+        except KeyError:  # cleared meanwhile (after a fork)
+            pass
+        try:
+            # _counter > 1: a SingletonThreadPool handing its thread's connection out
+            # again (no checkout event either; one checkin when the last one closes)
+            if not reentrant or fairy._counter == 1:
+                mode = engine.locations or capture_locations
+                if mode == PRESSURE:
+                    stack = finder.capture() if len(holders) >= pressure_at else NONE
+                elif mode == ALWAYS:
+                    stack = finder.capture()
+                else:
+                    stack = NONE
+                # the worker turns t1 into wall time and tid into a thread name
+                holders[id(fairy._connection_record)] = (t1, tid, stack)
+            item = (WAIT, entry, t1 - t0)  # the worker counts it as the checkout
+            if len(queue) < room:
+                queue.append(item)
+            else:
+                submit(item)
+        except Exception as exc:
+            recorder.count_error("pool.checkout", exc)
+        return fairy
 
     connect.__wrapped__ = original  # type: ignore[attr-defined]
-    pool.__dict__["connect"] = connect
-    pool.__dict__[_WRAPPED] = True
+    own = pool.__dict__
+    own["connect"] = connect
+    if CHECKIN_BY_WRAPPER:
+        original_return: Callable[[Any], None] = pool._return_conn
+
+        def _return_conn(record: Any) -> None:
+            try:
+                holder = holders.pop(id(record), None)
+                item = (CHECKIN, entry,
+                        perf_counter() - holder[0] if holder is not None else None)
+                if len(queue) < room:
+                    queue.append(item)
+                else:
+                    submit(item)
+            except Exception as exc:
+                recorder.count_error("pool.checkin", exc)
+            original_return(record)
+
+        _return_conn.__wrapped__ = original_return  # type: ignore[attr-defined]
+        own["_return_conn"] = _return_conn
+    own[_WRAPPED] = True
 
 
 def unwrap_connect(pool: Pool) -> None:
     """Undo :func:`wrap_connect` (no-op if the pool was never wrapped)."""
-    if pool.__dict__.pop(_WRAPPED, None):
-        pool.__dict__.pop("connect", None)
+    own = pool.__dict__
+    if own.pop(_WRAPPED, None):
+        own.pop("connect", None)
+        own.pop("_return_conn", None)

@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import strategies as _strategies
 
 from ..locations import NONE, OFF, describe
+from ..protocol import MAX_LIFECYCLE
 from ..rules import Finding
-from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry, mark_ended
+from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry, drop_conns, mark_ended
 from ..snapshot import identity_of, same_value
 from . import ListenerSet
 
@@ -50,6 +51,8 @@ _PATCHED = "__retort_patched__"
 LazyLoader: Any = (getattr(_strategies, "LazyLoader", None)
                    or getattr(_strategies, "_LazyLoader", None))
 _NOTHING: frozenset[int] = frozenset()
+#: SessionEntry.log's bound on an unread lifecycle
+_LIFECYCLE_BOUND = 4 * MAX_LIFECYCLE
 
 
 def _current_task() -> str | None:
@@ -73,6 +76,8 @@ class SessionHooks:
         self.detectors = detectors
         self._original_lazyload: Callable[..., Any] | None = None
         self.sessions = sessions
+        self._by_id = sessions.by_id  # the same dicts for the registries' life
+        self._engines = registry.engines
         self.finder = finder
         self.capture_locations = capture_locations
         self.recorder = recorder
@@ -111,21 +116,50 @@ class SessionHooks:
             return  # another agent instance, or SQLAlchemy grew a __del__: leave it
         original = Session.close
         hooks = self
+        by_id = self.sessions.by_id  # the same dict and deque for the registry's life
+        closed_maps = self.sessions.closed_maps
+        clock = time.time
 
         def close(session: Session) -> None:
+            # on_close() written out for a session holding nothing unflushed
             try:
-                hooks.on_close(session)
+                identity_map = session.identity_map
+                if session._new or session._deleted or identity_map._modified:
+                    hooks.on_close(session)
+                else:
+                    entry = by_id.get(id(session))
+                    if entry is not None and entry.ref() is session:
+                        if identity_map._dict:
+                            closed_maps.append((entry, identity_map, _NOTHING))
+                        now = clock()
+                        entry.state = CLOSED
+                        entry.ended = now
+                        entry.end = "closed"
+                        lifecycle = entry.lifecycle
+                        lifecycle.append((now, "close"))
+                        if len(lifecycle) > _LIFECYCLE_BOUND:  # bounded if nobody reads it
+                            del lifecycle[:-MAX_LIFECYCLE]
             except Exception as exc:  # never let the agent fail a close
                 hooks.recorder.count_error("session.close", exc)
             return original(session)
 
         def __del__(session: Session) -> None:
-            # Most sessions die holding nothing unflushed: three truth tests, no call.
-            # The end of a collected session is noticed by the worker (its weak
-            # reference is dead), so only a session with changes needs work here.
+            # Most sessions die holding nothing unflushed: three truth tests, and the
+            # entry is dropped at once (kept until the worker's next round, the entries
+            # of short sessions would outlive two garbage collections and make the
+            # full collections come much more often); one the dashboard was shown is
+            # queued for the worker to report it ended.
             try:
                 if session._new or session._deleted or session.identity_map._modified:
                     hooks.on_collected(session)
+                    return
+                # under this id only this session's entry, or a dead one's
+                entry = by_id.pop(id(session), None)
+                if entry is not None:
+                    if entry.conns:
+                        drop_conns(hooks.sessions, entry)
+                    if entry.sent is not None or entry.noteworthy:
+                        hooks.sessions.gone(entry)
             except Exception:
                 pass  # at interpreter exit modules may be half torn down
 
@@ -190,7 +224,8 @@ class SessionHooks:
         # the task is looked up only for a session seen the first time
         entry = self.sessions.by_id.get(id(session))
         if entry is None or entry.ref() is not session:
-            entry = self.sessions.entry_for(session, _get_ident(), _current_task())
+            task = _current_task() if _get_running_loop() is not None else None
+            entry = self.sessions.entry_for(session, _get_ident(), task)
         return entry
 
     def _known(self, session: Session) -> SessionEntry | None:
@@ -198,58 +233,87 @@ class SessionHooks:
         return entry if entry is not None and entry.ref() is session else None
 
     def _after_begin(self, session: Session, transaction: Any, connection: Any) -> None:
+        # once per transaction of every session: one clock read, no helper calls
         try:
-            entry = self._entry(session)
-            if entry.state in (IDLE, CLOSED):
-                entry.state = TRANSACTION
-                entry.txn_since = time.time()
+            sessions = self.sessions
+            by_id = sessions.by_id
+            key = id(session)
+            entry = by_id.get(key)
+            engine = connection.engine
+            engine_entry = self._engines.get(id(engine)) or self.registry.engine_entry(engine)
+            engine_id = engine_entry.id
+            record = getattr(connection._dbapi_connection, "_connection_record", None)
+            now = time.time()
+            if entry is None or entry.ref() is not session:
+                if entry is not None:
+                    sessions.ended.append(entry)  # a dead session whose id was reused
+                # the task is looked up only for a session seen the first time, and
+                # only in a thread that runs an event loop
+                by_id[key] = entry = SessionEntry(
+                    next(sessions.numbers), session, _get_ident(),
+                    _current_task() if _get_running_loop() is not None else None, now,
+                    engine_id, id(connection), id(record), perf_counter())
+                sessions.by_conn[id(connection)] = entry
+                return
+            state = entry.state
+            if state is IDLE or state is CLOSED or entry.txn_since is None:
+                # (a flush that begins the transaction has set FLUSHING already)
+                if state is not FLUSHING:
+                    entry.state = TRANSACTION
+                entry.txn_since = now
                 entry.ended = entry.end = None
                 entry.thread_id = _get_ident()
                 entry.txn_writes = 0
-                entry.log("begin")
-            engine = connection.engine
-            engine_entry = (self.registry.engines.get(id(engine))
-                            or self.registry.engine_entry(engine))
-            record = getattr(connection._dbapi_connection, "_connection_record", None)
-            entry.conns[id(connection)] = (engine_entry.id, id(record))
-            if engine_entry.id not in entry.engines:
-                entry.engines = (*entry.engines, engine_entry.id)
+                # unchecked: every transaction's end logs through log(), which bounds it
+                entry.lifecycle.append((now, "begin"))
+            entry.conns[id(connection)] = (engine_id, id(record))
+            if engine_id not in entry.engines:
+                entry.engines = (*entry.engines, engine_id)
             entry.last_t = perf_counter()
-            self.sessions.by_conn[id(connection)] = entry
+            sessions.by_conn[id(connection)] = entry
         except Exception as exc:
             self.recorder.count_error("session.after_begin", exc)
 
     def _after_transaction_end(self, session: Session, transaction: Any) -> None:
         try:
-            if transaction.parent is not None:
+            try:
+                # what the SessionTransaction.parent property returns (2.0 and 2.1)
+                parent = transaction._parent
+            except AttributeError:
+                parent = transaction.parent
+            if parent is not None:
                 return  # a savepoint or a subtransaction ended; the session goes on
-            entry = self._known(session)
-            if entry is None:
+            sessions = self.sessions
+            entry = sessions.by_id.get(id(session))
+            if entry is None or entry.ref() is not session:
                 return
             conns = entry.conns
             if conns:
-                by_conn = self.sessions.by_conn
-                for key in list(conns):
+                by_conn = sessions.by_conn
+                for key in conns:  # by_conn changes, not conns
                     if by_conn.get(key) is entry:
                         del by_conn[key]
                 entry.conns = {}
-            lifecycle = entry.lifecycle
-            explicit = bool(lifecycle) and lifecycle[-1][1] in ("commit", "rollback")
-            if entry.txn_writes and not explicit:
-                self._report_not_committed(entry)
-            entry.txn_writes = 0
-            if entry.state != CLOSED:
-                entry.state = IDLE
-                if not explicit:
-                    entry.log("end")  # ended without commit or rollback
+            writes = entry.txn_writes
+            if writes or entry.state != CLOSED:
+                lifecycle = entry.lifecycle
+                explicit = bool(lifecycle) and lifecycle[-1][1] in ("commit", "rollback")
+                if writes:
+                    if not explicit:
+                        self._report_not_committed(entry)
+                    entry.txn_writes = 0
+                if entry.state != CLOSED:
+                    entry.state = IDLE
+                    if not explicit:
+                        entry.log("end")  # ended without commit or rollback
             entry.txn_since = None
         except Exception as exc:
             self.recorder.count_error("session.after_transaction_end", exc)
 
     def _after_commit(self, session: Session) -> None:
         try:
-            entry = self._known(session)
-            if entry is not None:
+            entry = self._by_id.get(id(session))
+            if entry is not None and entry.ref() is session:
                 entry.commits += 1
                 entry.log("commit")
         except Exception as exc:
@@ -257,24 +321,28 @@ class SessionHooks:
 
     def _after_rollback(self, session: Session) -> None:
         try:
-            entry = self._known(session)
-            if entry is not None:
+            entry = self._by_id.get(id(session))
+            if entry is not None and entry.ref() is session:
                 entry.rollbacks += 1
                 entry.log("rollback")
         except Exception as exc:
             self.recorder.count_error("session.after_rollback", exc)
 
     def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
+        # A session not seen yet is left to after_begin, which its flush runs first
+        # (the connection is taken inside the flush): registered there, at once in a
+        # transaction with its begin logged.
         try:
-            entry = self._entry(session)
-            entry.state = FLUSHING
+            entry = self._by_id.get(id(session))
+            if entry is not None and entry.ref() is session:
+                entry.state = FLUSHING
         except Exception as exc:
             self.recorder.count_error("session.before_flush", exc)
 
     def _after_flush_postexec(self, session: Session, flush_context: Any) -> None:
         try:
-            entry = self._known(session)
-            if entry is None:
+            entry = self._by_id.get(id(session))
+            if entry is None or entry.ref() is not session:
                 return
             entry.flushes += 1
             entry.state = TRANSACTION if entry.conns else IDLE
@@ -298,24 +366,31 @@ class SessionHooks:
     def on_close(self, session: Session) -> None:
         """Before ``Session.close()`` runs: report unflushed changes it will discard,
         and hand the objects it detaches to the worker's watch."""
-        lost = (_unflushed(session) if session._new or session._deleted
-                or session.identity_map._modified else None)
-        entry = self._known(session)
+        identity_map = session.identity_map
+        modified = identity_map._modified
+        lost = (_unflushed(session) if session._new or session._deleted or modified
+                else None)
+        sessions = self.sessions
+        entry = sessions.by_id.get(id(session))
+        if entry is not None and entry.ref() is not session:
+            entry = None
         if lost is not None:
             if entry is None:
                 entry = self._entry(session)
             self._report_lost(entry, lost, "closed")
         if entry is None:
             return
-        identity_map = session.identity_map
         if identity_map._dict:
-            modified = identity_map._modified
             already = frozenset(map(id, modified)) if modified else _NOTHING
-            self.sessions.closed_maps.append((entry.sid, identity_map, already))
+            sessions.closed_maps.append((entry, identity_map, already))
+        now = time.time()
         entry.state = CLOSED
         entry.txn_since = None
-        entry.ended, entry.end = time.time(), "closed"
-        entry.log("close")
+        entry.ended, entry.end = now, "closed"
+        lifecycle = entry.lifecycle
+        lifecycle.append((now, "close"))
+        if len(lifecycle) > _LIFECYCLE_BOUND:  # bounded even if nobody reads it
+            del lifecycle[:-MAX_LIFECYCLE]
 
     def on_collected(self, session: Session) -> None:
         """``Session.__del__``: the session is being garbage collected."""
@@ -333,8 +408,7 @@ class SessionHooks:
             return
         if self.sessions.by_id.get(id(session)) is entry:
             self.sessions.by_id.pop(id(session), None)
-        mark_ended(entry, "collected")
-        self.sessions.ended.append(entry)
+        self.sessions.gone(entry)
 
     def _report_lost(self, entry: SessionEntry,
                      lost: tuple[int, int, int, list[str]], how: str) -> None:
