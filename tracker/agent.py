@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
-from . import __version__
+from . import __version__, procinfo
 from .config import AgentConfig
 from .detectors import Detectors
 from .hooks import ListenerSet
@@ -26,6 +26,7 @@ from .hooks.engine import EngineHooks
 from .hooks.pool import PoolHooks, unwrap_connect, wrap_connect
 from .locations import OFF, LocationFinder, describe, thread_name
 from .hooks.session import SessionHooks
+from .procinfo import process_start_time
 from .protocol import MAX_FRAME_BYTES, MAX_HOLDERS, encode
 from .redact import Redactor
 from .sessions import SessionRegistry, SessionReporter
@@ -59,7 +60,8 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.started = time.time()
+        #: the OS process's start time: with host and pid, its identity on the dashboard
+        self.started = process_start_time()
         self.recorder = Recorder(config.queue_size)
         self.finder = LocationFinder(config.skip_modules, config.stack_depth)
         self.registry = Registry(self._on_new_engine, self._on_new_pool)
@@ -163,7 +165,8 @@ class Agent:
         """Restart the worker in a forked child: new pid, nothing inherited to send."""
         self.worker.abandon()
         self._pid = os.getpid()
-        self.started = time.time()
+        procinfo.after_fork()
+        self.started = process_start_time()
         # the same recorder, emptied: the pools' connect wrappers hold on to its queue
         self.recorder.reset()
         for pool_entry in list(self.registry.pools.values()):

@@ -27,6 +27,7 @@ ENV = {
     "secret_words": "RETORT_SECRET_WORDS",
     "thresholds": "RETORT_THRESHOLDS",
     "read_server_settings": "RETORT_READ_SERVER_SETTINGS",
+    "wait_for_engine": "RETORT_WAIT_FOR_ENGINE",
 }
 
 
@@ -70,6 +71,10 @@ class AgentConfig:
     #: Read the database server's settings (wait_timeout, max_connections…) once per
     #: engine, on one pooled connection, for the configuration checks.
     read_server_settings: bool = True
+    #: Connect to the dashboard only once the process has an engine. ``python -m
+    #: tracker run`` sets it: of the processes a command starts (a gunicorn master, a
+    #: reloader, a multiprocessing helper), only those using SQLAlchemy show up.
+    wait_for_engine: bool = False
     #: Overrides of the advisor's thresholds (names and defaults: tracker.rules.THRESHOLDS).
     #: Environment: ``RETORT_THRESHOLDS=n_plus_one=3,slow_statement_seconds=0.2``.
     thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)

@@ -145,6 +145,10 @@ class Worker:
             self.pending_events.clear()  # local-only: nothing to ship events to
             return
         if not self.transport.connected:
+            if (self.connections == 0 and self.config.wait_for_engine
+                    and not self.agent.registry.engines):
+                self.pending_events.clear()  # nothing worth a process on the dashboard yet
+                return
             # at exit, one last attempt even if a retry is not due yet: flush what we have
             if now < self._next_attempt and not (final and self.connections == 0):
                 self._trim_pending()

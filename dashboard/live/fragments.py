@@ -14,6 +14,7 @@ from tracker.protocol import HIST_BOUNDS
 from django.db.models import Count, Prefetch, Q
 
 from .. import conf
+from ..lineage import group_processes
 from ..session_ingest import end_sessions_of_silent_processes
 from ..models import App, Engine, PoolSample, Process, Toggle, TrackedSession
 from . import findings
@@ -39,6 +40,7 @@ def overview_context() -> dict[str, Any]:
     for app in apps:
         app.open_findings = open_findings.get(app.pk, [])
         app.toggle_count = in_force.get(app.pk, 0)
+        app.groups = group_processes(app.recent)
     return {"apps": apps, "recent_seconds": conf.get("RECENT_PROCESS_SECONDS")}
 
 

@@ -332,8 +332,8 @@ def test_gunicorn_workers_each_report_their_engines(dashboard, servers, tmp_path
                                              for e in p["engines"].values()})}
                 for pid, p in processes.items()}
 
-    want = {server.pid: {"ppid": os.getpid(), "connected": True, "statements": {},
-                         "checked_out": []}}  # the master: the agent, no engine
+    # the master has the agent but never uses an engine: it does not connect
+    want = {}
     for pid in workers:
         want[pid] = {"ppid": server.pid, "connected": True, "statements": expected[pid],
                      "checked_out": [0]}
@@ -357,10 +357,11 @@ def test_gunicorn_workers_each_report_their_engines(dashboard, servers, tmp_path
     assert all("count_pending" in row["message"] and "remember_changes" in row["message"]
                for row in findings), [row["message"] for row in findings]
 
-    # the overview lists each worker under the app
+    # the overview lists each worker under the app, in one group (same command line)
     page = _overview(dashboard)
-    for pid in [server.pid, *workers]:
+    for pid in workers:
         assert re.search(rf"{re.escape(socket.gethostname())}:{pid}\b", page), pid
+    assert not re.search(rf"{re.escape(socket.gethostname())}:{server.pid}\b", page)
 
     # a worker dies (SIGKILL: no goodbye): it shows disconnected, and the worker
     # gunicorn starts in its place shows up as a new process
@@ -372,11 +373,14 @@ def test_gunicorn_workers_each_report_their_engines(dashboard, servers, tmp_path
            replacement[0]: (server.pid, True)}
     assert _wait(lambda: {pid: (p["ppid"], p["connected"]) for pid, p in _processes(
         dashboard, *now).items()}, now) == now
+    # shown as a restart of the group
+    assert re.search(r'2 running · <span class="restarts">1 restart</span>',
+                     _overview(dashboard)), _overview(dashboard)
 
     # a graceful stop leaves no ghost "connected" process
     log = server.stop()
     assert "retort:" not in log  # the agent said nothing on the servers' output
-    gone = {pid: False for pid in [server.pid, *workers, *replacement]}
+    gone = {pid: False for pid in [*workers, *replacement]}
     assert _wait(lambda: {pid: p["connected"] for pid, p in
                           _processes(dashboard, *gone).items()}, gone) == gone
 
@@ -542,22 +546,21 @@ def test_attach_a_running_process_by_pid_then_detach(dashboard, tmp_path):
                                       "Overflow: -1 Current Checked out connections: 1")
         assert app.process.poll() is None
 
-        # attached again: connected again. (The dashboard keys a process by host, pid
-        # and the agent's start time, so a new agent in the same process is a second
-        # row, the first staying disconnected.)
+        # attached again: the same process on the dashboard, connected again (it is
+        # keyed by host, pid and the OS process's start time, not the agent's)
         done = _tracker("attach", str(pid), "--url", dashboard.agent_url,
                         "--token", dashboard.token, "--app", APP)
         assert done.stdout.endswith("attached; engines: sqlite/plain.db; sessions: 0\n")
-        rows = _wait(lambda: [r["connected"] for r in _rows(
-            dashboard, "select connected from dashboard_process where pid = ? order by id",
-            pid)], [0, 1])
-        assert rows == [0, 1]
+        rows = _wait(lambda: [(r["connected"], r["connections"]) for r in _rows(
+            dashboard, "select connected, connections from dashboard_process "
+                       "where pid = ? order by id", pid)], [(1, 2)])
+        assert rows == [(1, 2)]
     finally:
         app.close()
     # the program ends: its agent says goodbye
     assert _wait(lambda: [r["connected"] for r in _rows(
         dashboard, "select connected from dashboard_process where pid = ?", pid)],
-        [0, 0]) == [0, 0]
+        [0]) == [0]
 
 
 # -- a Celery worker with its prefork pool ---------------------------------------------
@@ -603,11 +606,10 @@ def test_celery_prefork_pool_processes_each_report_their_engine(dashboard, tmp_p
                            for name, e in p["engines"].items()})
                     for pid, p in _processes(dashboard, worker.pid, *children).items()}
 
-        # the main process (the agent, no engine: it never used it) and each pool
-        # process on its own, with an INSERT and a SELECT per task it ran
-        want = {worker.pid: (os.getpid(), True, {})}
-        for pid, count in ran.items():
-            want[pid] = (worker.pid, True, {"sqlite/events.db": 2 * count} if count else {})
+        # each pool process that ran a task, on its own, with an INSERT and a SELECT
+        # per task; the main process never used an engine, so never connected
+        want = {pid: (worker.pid, True, {"sqlite/events.db": 2 * count})
+                for pid, count in ran.items() if count}
         assert _wait(seen, want) == want
     finally:
         client.close()
@@ -653,9 +655,12 @@ def test_flask_run_reloader_restarts_show_as_new_processes(dashboard, servers, t
                        for name, e in p["engines"].items()})
                 for pid, p in _processes(dashboard, server.pid, first, second).items()}
 
-    # the reloader (no engine), the first child gone, the new one counting from zero
-    # (its GET /notes above: a SELECT on each database; its note: 2 + 1)
-    want = {server.pid: (os.getpid(), True, {}),
-            first: (server.pid, False, {MAIN: 2, AUDIT: 1}),
+    # the first child gone, the new one counting from zero (its GET /notes above: a
+    # SELECT on each database; its note: 2 + 1); the reloader never used an engine
+    want = {first: (server.pid, False, {MAIN: 2, AUDIT: 1}),
             second: (server.pid, True, {MAIN: 3, AUDIT: 2})}
     assert _wait(seen, want) == want
+    # the overview shows the reload as a restart: the first child replaced by the second
+    page = _overview(dashboard)
+    assert f'<div class="muted small replaced">replaced by {second}</div>' in page, page
+    assert re.search(r'1 running · <span class="restarts">1 restart</span>', page), page

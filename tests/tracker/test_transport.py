@@ -59,7 +59,10 @@ class Peer:
             ws.close(*self.refuse)
             return
         if self.refuse_after_hello:
-            self.messages.append(protocol.decode(ws.recv()))
+            try:
+                self.messages.append(protocol.decode(ws.recv()))
+            except ConnectionClosed:
+                return  # the agent stopped meanwhile
             ws.send(protocol.encode({"t": "error", "code": protocol.CLOSE_UNAUTHORIZED,
                                      "reason": self.refuse_after_hello}))
             ws.close(protocol.CLOSE_UNAUTHORIZED)
@@ -123,6 +126,51 @@ def test_hello_then_state_frames(peer, tmp_path):
     assert peer.headers[0]["User-Agent"] == f"retort-tracker/{tracker.__version__}"
     # the welcome is read on the worker's next round
     assert peer.wait_for(lambda: tracker.current_agent().dashboard_process_id == 7)
+
+
+def test_wait_for_engine_connects_at_the_first_engine_only(peer, tmp_path):
+    # a fresh interpreter: this one's heap holds engines of other tests, which
+    # instrument() would discover
+    script = textwrap.dedent(f"""
+        import sys, time, sqlalchemy as sa, tracker
+        tracker.instrument(url="{peer.url}", app="shop", state_interval=0.1,
+                           wait_for_engine=True)
+        time.sleep(0.5)  # several worker rounds: no engine, no connection
+        print("ready", flush=True)
+        sys.stdin.readline()
+        engine = sa.create_engine("sqlite:///{tmp_path / 'x.db'}")
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        sys.stdin.readline()
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        assert peer.headers == []
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert peer.wait_for(lambda: "hello" in peer.kinds())
+        assert [e["name"] for e in peer.messages[0]["engines"]] == ["sqlite/x.db"]
+        assert len(peer.headers) == 1
+    finally:
+        child.communicate("end\n", timeout=30)
+
+
+def test_the_process_is_the_same_for_every_agent_it_runs(peer):
+    # the dashboard keys a process by host, pid and this start time: attached again,
+    # or instrumented again, it is the same process
+    tracker.instrument(url=peer.url, app="shop")
+    assert peer.wait_for(lambda: "hello" in peer.kinds())
+    tracker.uninstrument()
+    tracker.instrument(url=peer.url, app="shop")
+    assert peer.wait_for(lambda: peer.kinds().count("hello") == 2)
+    first, second = [m["process"] for m in peer.messages if m["t"] == "hello"]
+    assert first["started"] == second["started"]
+    with open(f"/proc/{os.getpid()}/stat") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+    assert first["started"] == boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def test_flush_on_exit_sends_final_state_and_bye(peer, tmp_path):
@@ -196,7 +244,7 @@ def test_a_refusal_after_the_hello_is_logged_once_with_its_reason(caplog, tmp_pa
     try:
         tracker.instrument(url=refusing.url, token="rt_any", app="cart",
                            backoff_initial=0.05, backoff_max=0.1)
-        assert refusing.wait_for(lambda: len(refusing.headers) >= 4)
+        assert refusing.wait_for(lambda: len(refusing.messages) >= 4)
         warnings = [r.getMessage() for r in caplog.records
                     if "refused the agent" in r.getMessage()]
         assert warnings == ["retort agent: dashboard refused the agent: this token belongs "

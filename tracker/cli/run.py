@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..autoload import AUTOLOAD, TRACE
-from ..config import AgentConfig
+from ..config import ENV, AgentConfig
 from .settings import add_options, as_environment
 
 BOOTSTRAP = str(Path(__file__).resolve().parent.parent / "bootstrap")
@@ -33,6 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--trace", metavar="PATH",
                         help="record each process into a trace file; {pid} in PATH is "
                              "replaced by the process id (e.g. trace-{pid}.jsonl)")
+    parser.add_argument("--all-processes", action="store_true",
+                        help="show every Python process the command starts on the "
+                             "dashboard, also those that never create an engine (by "
+                             "default a process connects at its first engine)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="the command, after --")
     parser.set_defaults(run=run)
@@ -43,6 +47,12 @@ def environment(args: argparse.Namespace, base: dict[str, str]) -> dict[str, str
     env = dict(base)
     env.update(as_environment(args))
     env[AUTOLOAD] = "1"
+    # a gunicorn master, a reloader parent or a multiprocessing helper has no engine:
+    # without this each would be a process on the dashboard with nothing in it
+    if getattr(args, "all_processes", False):
+        env[ENV["wait_for_engine"]] = "0"
+    else:
+        env.setdefault(ENV["wait_for_engine"], "1")
     if getattr(args, "trace", None):
         env[TRACE] = os.path.abspath(args.trace)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
