@@ -51,6 +51,21 @@ DEFAULTS: dict[str, Any] = {
     "STATEMENTS_PER_PAGE": 100,
     # advice (grouped findings) kept per app, the most recently seen
     "ADVICE_PER_APP": 2000,
+    # where trace files are written ("": RETORT_DATA_DIR/traces)
+    "TRACES_DIR": "",
+    # bytes stored per trace (recorded or imported); a recording beyond it is stopped
+    # and marked truncated, an upload beyond it refused
+    "TRACE_MAX_BYTES": 100 * 1024 * 1024,
+    # traces kept per app (the newest; older files are deleted with their rows)
+    "TRACES_PER_APP": 100,
+    # seconds a recording may last (the form's longest; the agent stops it then)
+    "TRACE_MAX_SECONDS": 3600,
+    # seconds after its time limit a recording without its end is marked failed
+    "TRACE_END_GRACE_SECONDS": 60,
+    # spans drawn on a trace's timeline, and rows of its statements and flushes
+    # tables (the first ones; the download has everything)
+    "TRACE_TIMELINE_SPANS": 2000,
+    "TRACE_TABLE_ROWS": 500,
 }
 
 

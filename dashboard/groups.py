@@ -42,3 +42,8 @@ def app_statements(pk: int) -> str:
 def app_controls(pk: int) -> str:
     """Open controls pages of app ``pk`` (its toggles and each process's answers)."""
     return f"app-controls-{pk}"
+
+
+def app_traces(pk: int) -> str:
+    """Open traces pages of app ``pk``, and its trace pages (status, records)."""
+    return f"app-traces-{pk}"

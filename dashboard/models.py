@@ -493,3 +493,59 @@ class ToggleDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.toggle} → {self.process}: {self.status}"
+
+
+class Trace(models.Model):
+    """A session trace (issue 7): the full event stream of a scope, stored as a JSON
+    Lines file in the agent's own format (``tracker.traces.jsonl``) under the traces
+    directory, so the exporters of ``tracker.traces`` read it as it is.
+
+    A recording is started from the traces page for an app, a process, an engine (by
+    name) or one session; each process it reaches records into a trace of its own
+    (one file per process: a trace's header names one process), the traces started
+    together sharing ``recording``. An uploaded trace is ``imported``, with no
+    process."""
+
+    RECORDING, COMPLETE, FAILED, IMPORTED = "recording", "complete", "failed", "imported"
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="traces")
+    process = models.ForeignKey(Process, null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="traces")
+    # the traces started by one request share it (an app-wide recording: one per process)
+    recording = models.CharField(max_length=32, blank=True, db_index=True)
+    scope = models.CharField(max_length=16)  # app | process | engine | session | import
+    engine = models.CharField(max_length=255, blank=True)  # an engine name (engine scope)
+    session = models.CharField(max_length=32, blank=True)  # a session key (session scope)
+    name = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    stopped_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    # our clock for a recording (asked, ended); the trace's own for an imported one
+    started_at = models.DateTimeField()
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    max_seconds = models.FloatField(default=600.0)
+    status = models.CharField(max_length=16, default=RECORDING)
+    reason = models.TextField(blank=True)  # why it ended, failed or was truncated
+    truncated = models.BooleanField(default=False)
+    records = models.BigIntegerField(default=0)  # lines stored, the header included
+    bytes = models.BigIntegerField(default=0)
+    seq = models.IntegerField(default=0)          # the last trace frame stored
+    gaps = models.IntegerField(default=0)         # frames that never arrived
+    duplicates = models.IntegerField(default=0)   # frames received twice (ignored)
+    dropped = models.BigIntegerField(default=0)   # events the agent dropped (its end line)
+    last_frame_at = models.DateTimeField(null=True, blank=True)
+    path = models.CharField(max_length=500, blank=True)  # relative to the traces directory
+    header = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["app", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.app}: {self.name} ({self.status})"
+
+    @property
+    def live(self) -> bool:
+        return self.status == self.RECORDING

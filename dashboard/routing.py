@@ -11,6 +11,7 @@ from django.urls import path
 from .consumers.agent import AgentConsumer
 from .consumers.live import (ControlsLive, EngineLive, FindingsLive, OverviewLive, SessionLive, SessionsLive,
                              StatementsLive)
+from .consumers.traces import TraceLive, TracesLive
 
 
 def browser(app: Any) -> Any:
@@ -27,4 +28,6 @@ websocket_routes = URLRouter([
     path("ws/live/app/<int:pk>/findings/", browser(FindingsLive.as_asgi())),
     path("ws/live/session/<int:pk>/", browser(SessionLive.as_asgi())),
     path("ws/live/app/<int:pk>/controls/", browser(ControlsLive.as_asgi())),
+    path("ws/live/app/<int:pk>/traces/", browser(TracesLive.as_asgi())),
+    path("ws/live/trace/<int:pk>/", browser(TraceLive.as_asgi())),
 ])

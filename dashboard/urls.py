@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from .views import controls, findings, pages
+from .views import controls, findings, pages, traces
 
 urlpatterns = [
     path("", pages.overview, name="overview"),
@@ -18,6 +18,13 @@ urlpatterns = [
     path("apps/<int:pk>/controls/change/", controls.toggle_change, name="toggle-change"),
     path("apps/<int:pk>/audit/", controls.audit_log, name="audit"),
     path("audit/", controls.audit_log, name="audit-all"),
+    path("apps/<int:pk>/traces/", traces.app_traces, name="traces"),
+    path("apps/<int:pk>/traces/start/", traces.trace_start, name="trace-start"),
+    path("apps/<int:pk>/traces/import/", traces.trace_import, name="trace-import"),
+    path("traces/<int:pk>/", traces.trace_detail, name="trace"),
+    path("traces/<int:pk>/stop/", traces.trace_stop, name="trace-stop"),
+    path("traces/<int:pk>/download/<str:fmt>/", traces.trace_download,
+         name="trace-download"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -22,7 +22,7 @@ from django.conf import settings
 
 from tracker import protocol
 
-from .. import groups, ingest, session_ingest, toggles
+from .. import groups, ingest, session_ingest, toggles, traces, traces_store
 from ..models import AgentToken
 
 log = logging.getLogger("dashboard.agent")
@@ -156,16 +156,31 @@ class AgentConsumer(AsyncWebsocketConsumer):
             if app_pk is not None:
                 await self.notify(groups.app_controls(app_pk))
             return
+        if kind == traces.RECORD:
+            app_pk = await database_sync_to_async(traces.store_ack)(self.process_id, message)
+            if app_pk is not None:
+                await self.notify(groups.app_traces(app_pk))
+            return
         pk = await database_sync_to_async(session_ingest.store_refusal)(self.process_id,
                                                                         message)
         if pk is not None:
             await self.notify(groups.session(pk))
 
     async def on_trace(self, message: dict[str, Any]) -> None:
-        # Recordings streamed from agents (issue 7) are not stored yet: the dashboard
-        # never sends the ``record`` control, so only a misbehaving agent gets here.
-        log.warning("agent %s sent trace lines nobody asked for (trace %s); ignored",
-                    self.process_id, message["trace"][:100])
+        """Lines of a recording: appended to its trace's file (``traces_store``); a
+        record the format does not allow refuses the frame, nothing of it stored."""
+        stored = await database_sync_to_async(traces_store.store_frame)(self.process_id,
+                                                                        message)
+        if stored.refusal:
+            await self.refuse(protocol.CLOSE_MALFORMED, stored.refusal)
+            return
+        for _, control in stored.stop:  # over its size limit: ask the agent to stop
+            await self.agent_control(control)
+        if stored.app_pk is None:
+            log.info("agent %s sent lines of trace %s, which is not recording here; "
+                     "ignored", self.process_id, message["trace"][:100])
+            return
+        await self.notify(groups.app_traces(stored.app_pk))
 
     async def on_snapshot(self, message: dict[str, Any]) -> None:
         pk = await database_sync_to_async(session_ingest.store_snapshot)(self.process_id,

@@ -42,12 +42,19 @@ def to_chrome(header: dict[str, Any], records: Iterable[dict[str, Any]]) -> dict
 def write_chrome(header: dict[str, Any], records: Iterable[dict[str, Any]], out: Any) -> None:
     """Write the Chrome trace to the binary file ``out``, event by event (memory stays
     bounded by the transactions open at a time, not by the trace's length)."""
-    out.write(b'{"traceEvents":[\n')
+    for chunk in iter_chrome(header, records):
+        out.write(chunk)
+
+
+def iter_chrome(header: dict[str, Any], records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    """The bytes ``write_chrome`` writes, piece by piece (for a streamed HTTP
+    response: nothing but the open transactions is held in memory)."""
+    yield b'{"traceEvents":[\n'
     first = True
     for item in chrome_events(header, records):
-        out.write((b"" if first else b",\n") + orjson.dumps(item))
+        yield (b"" if first else b",\n") + orjson.dumps(item)
         first = False
-    out.write(b"\n]," + orjson.dumps(_trailer(header))[1:] + b"\n")
+    yield b"\n]," + orjson.dumps(_trailer(header))[1:] + b"\n"
 
 
 def _trailer(header: dict[str, Any]) -> dict[str, Any]:

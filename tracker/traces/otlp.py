@@ -70,15 +70,22 @@ def to_otlp(header: dict[str, Any], records: Iterable[dict[str, Any]]) -> dict[s
 
 def write_otlp(header: dict[str, Any], records: Iterable[dict[str, Any]], out: Any) -> None:
     """Write the OTLP/JSON document to the binary file ``out`` span by span."""
+    for chunk in iter_otlp(header, records):
+        out.write(chunk)
+
+
+def iter_otlp(header: dict[str, Any], records: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    """The bytes ``write_otlp`` writes, piece by piece (for a streamed HTTP response:
+    only the transactions open at a time are held in memory)."""
     head = orjson.dumps(_envelope(header))
     marker = b'"spans":[]'
     before, after = head.split(marker)
-    out.write(before + b'"spans":[\n')
+    yield before + b'"spans":[\n'
     first = True
     for span in otlp_spans(header, records):
-        out.write((b"" if first else b",\n") + orjson.dumps(span))
+        yield (b"" if first else b",\n") + orjson.dumps(span)
         first = False
-    out.write(b"\n]" + after + b"\n")
+    yield b"\n]" + after + b"\n"
 
 
 def _envelope(header: dict[str, Any]) -> dict[str, Any]:
