@@ -18,6 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
+try:  # private: what a checkout hands out; only read when attaching to a running process
+    from sqlalchemy.pool.base import _ConnectionFairy
+except ImportError:  # pragma: no cover - a future SQLAlchemy may move it
+    _ConnectionFairy = None  # type: ignore[assignment,misc]
+
 from . import __version__, procinfo
 from .config import AgentConfig
 from .detectors import Detectors
@@ -128,6 +133,7 @@ class Agent:
         already in a transaction (when attached to a running process)."""
         found = 0
         sessions = []
+        fairies = []
         for obj in gc.get_objects():
             # type(), not isinstance(): isinstance() on a dead weakproxy raises
             kind = type(obj)
@@ -139,10 +145,28 @@ class Agent:
                     self.recorder.count_error("discover", exc)
             elif issubclass(kind, Session):
                 sessions.append(obj)
+            elif _ConnectionFairy is not None and issubclass(kind, _ConnectionFairy):
+                fairies.append(obj)
+        for fairy in fairies:
+            self._adopt_checkout(fairy)
         if self.session_hooks is not None:
             for session in sessions:
                 self._adopt_session(session)
         return found
+
+    def _adopt_checkout(self, fairy: Any) -> None:
+        """List a connection checked out before the agent came (attached to a running
+        process) among its pool's holders: who holds it is unknown, only that it is held
+        (and, once its session is adopted, by which session)."""
+        try:
+            record = fairy._connection_record
+            if record is None or fairy.dbapi_connection is None:
+                return  # checked in already
+            pool_entry = self.registry.pools.get(id(fairy._pool))
+            if pool_entry is not None:
+                pool_entry.holders.setdefault(id(record), (perf_counter(), 0, BEFORE_AGENT))
+        except Exception as exc:
+            self.recorder.count_error("discover.checkout", exc)
 
     def _adopt_session(self, session: Session) -> None:
         """Register a session found in a transaction, with the connections it holds, as
@@ -254,7 +278,8 @@ class Agent:
             "wait": stats.wait.as_dict(),
             "hold": stats.hold.as_dict(),
             "holders": [_holder(now_wall - (now_perf - t0), tid, stack,
-                                sampled.get((key, t0)), owners.get(key))
+                                sampled.get((key, t0)), owners.get(key),
+                                stack is BEFORE_AGENT)
                         for key, (t0, tid, stack) in listed],
         }
 
@@ -446,8 +471,20 @@ class Agent:
         return self.worker.state()
 
 
+class _BeforeAgent(tuple):
+    """The (empty) stack of a checkout made before the agent came: its own type, so
+    that it is told apart from an empty tuple by identity."""
+
+
+BEFORE_AGENT = _BeforeAgent()
+
+
 def _holder(since: float, tid: int, captured: Sequence[Any],
-            sampled: list[Any] | None = None, session: str | None = None) -> dict[str, Any]:
+            sampled: list[Any] | None = None, session: str | None = None,
+            before_agent: bool = False) -> dict[str, Any]:
+    if before_agent:  # "since" is when the agent found it; the thread is unknown
+        return {"since": since, "thread": "unknown", "thread_id": 0, "stack": [],
+                "before_agent": True, **({"session": session} if session else {})}
     holder: dict[str, Any] = {"since": since, "thread": thread_name(tid), "thread_id": tid}
     if not captured and sampled:
         stack = describe(sampled)

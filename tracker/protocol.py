@@ -156,6 +156,8 @@ HOLDER: dict[str, Any] = {
     "sampled?": bool,
     # the ORM session whose transaction holds this connection (its SESSION id)
     "session?": str,
+    # checked out before the agent was attached: "since" is when the agent found it
+    "before_agent?": bool,
 }
 
 #: Most sessions described in one state frame (oldest open transaction first).

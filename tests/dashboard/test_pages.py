@@ -12,7 +12,8 @@ from dashboard import ingest
 from dashboard.models import AgentToken, App, Engine, Process
 from tracker import protocol
 
-from .conftest import HOLDER_LOCATION, HOST, MASKED_URL, PID, frame, hello_msg, state_msg
+from .conftest import (HOLDER_LOCATION, HOST, MASKED_URL, NOW, PID, engine_state, frame,
+                       hello_msg, state_msg)
 
 pytestmark = pytest.mark.django_db
 
@@ -148,6 +149,24 @@ def test_engine_page_shows_config_state_and_holders(logged_in, stored):
     assert f'ws-connect="/ws/live/engine/{stored.engine.pk}/"' in html
     # first paint: the live sections are swapped in place, not out of band
     assert "hx-swap-oob" not in html
+
+
+def test_engine_page_shows_connections_held_since_before_the_agent(logged_in, shop,
+                                                                     frozen):
+    process = ingest.register_process(shop.token, protocol.decode(frame(hello_msg())))
+    state = engine_state(checked_out=1)
+    # 90 s before NOW on the dashboard clock; the agent's clock is 0.5 s behind it
+    state["holders"] = [{"since": NOW.timestamp() - 90, "thread": "unknown", "thread_id": 0,
+                         "stack": [], "before_agent": True}]
+    ingest.StateIngest(process.pk).store(protocol.decode(frame(state_msg(state))))
+    engine = Engine.objects.get(process=process)
+    html = logged_in.get(f"/engines/{engine.pk}/").content.decode()
+    row = html[html.index('<table class="holders">'):html.index("</table>")]
+    assert ('<td class="num"><span title="checked out before the agent was attached: held '
+            'at least this long">≥ 89.50 s</span></td>') in row
+    assert "<td>unknown <span class=\"muted small\">0</span></td>" in row
+    assert ('<span class="muted before-agent">checked out before the agent was attached'
+            '</span>') in row
 
 
 def test_engine_page_before_any_state(logged_in, shop):

@@ -121,7 +121,9 @@ def _engines(dashboard, process_pk: int) -> dict[str, dict[str, Any]]:
                                 "where process_id = ?", process_pk):
         state = json.loads(row["state"] or "{}")
         out[row["name"]] = {"driver": row["driver"], "pool": json.loads(row["pool"])["class"],
-                            "gauges": state.get("gauges"), "counters": state.get("counters")}
+                            "gauges": state.get("gauges"), "counters": state.get("counters"),
+                            "held": sorted((h.get("session", ""), h.get("before_agent", False))
+                                           for h in state.get("holders", []))}
     return out
 
 
@@ -508,6 +510,7 @@ def test_attach_a_running_process_by_pid_then_detach(dashboard, tmp_path):
             engine = process["engines"]["sqlite/plain.db"]
             counters = engine["counters"] or {}
             return {"connected": process["connected"], "gauges": engine["gauges"],
+                    "held": engine["held"],
                     "counters": {k: counters.get(k) for k in
                                  ("connects", "checkouts", "checkins", "statements")},
                     "sessions": _sessions(dashboard, pid)}
@@ -520,6 +523,8 @@ def test_attach_a_running_process_by_pid_then_detach(dashboard, tmp_path):
         want = {"connected": True,
                 "gauges": {"checked_out": 2, "waiting": 0, "idle": 0, "overflow": 0,
                            "size": 4, "capacity": 5},
+                # both listed as held, from before the agent; one by the session
+                "held": [("", True), ("s1", True)],
                 "counters": {"connects": 0, "checkouts": 0, "checkins": 0, "statements": 0},
                 "sessions": [session]}
         assert _wait(seen, want) == want

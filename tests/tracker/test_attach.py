@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import tracker
 
@@ -226,3 +228,44 @@ def test_attach_refuses_another_python_version_before_touching_the_target(monkey
     assert str(refused.value) == (
         f"pid {os.getpid()} runs Python 3.99, this command Python {ours}: run it with the "
         f"target's Python (python3.99 -m tracker attach {os.getpid()})")
+
+
+def test_connections_checked_out_before_the_agent_are_listed_as_held(tmp_path):
+    # what attach finds in a running process: one connection held by a session's
+    # transaction, one by plain Core code, both checked out before instrument()
+    from sqlalchemy.orm import Session
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'held.db'}", pool_size=3)
+    session = Session(engine)
+    session.execute(sa.text("select 1"))
+    conn = engine.connect()
+    try:
+        tracker.instrument(app="held", capture_locations="always")
+        agent = tracker.current_agent()
+
+        def holders():
+            (state,) = [e for e in agent.snapshot()["engines"]
+                        if e["id"] == agent.registry.engine_entry(engine).id]
+            return state["gauges"]["checked_out"], sorted(
+                ({k: v for k, v in h.items() if k != "since"} for h in state["holders"]),
+                key=lambda h: h.get("session", ""))
+
+        assert holders() == (2, [
+            {"thread": "unknown", "thread_id": 0, "stack": [], "before_agent": True},
+            {"thread": "unknown", "thread_id": 0, "stack": [], "before_agent": True,
+             "session": "s1"}])
+        conn.close()
+        assert holders() == (1, [
+            {"thread": "unknown", "thread_id": 0, "stack": [], "before_agent": True,
+             "session": "s1"}])
+        session.commit()
+        assert holders() == (0, [])
+        # a checkout made with the agent in place is an ordinary holder
+        with engine.connect():
+            count, (held,) = holders()
+            assert (count, held["thread_id"], "before_agent" in held) == (
+                1, threading.get_ident(), False)
+    finally:
+        conn.close()
+        session.close()
+        tracker.uninstrument()
