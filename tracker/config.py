@@ -79,7 +79,8 @@ class AgentConfig:
     #: Environment: ``RETORT_THRESHOLDS=n_plus_one=3,slow_statement_seconds=0.2``.
     thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: Module prefixes skipped when looking for the application's code location.
-    skip_modules: tuple[str, ...] = ("sqlalchemy", "tracker", "contextlib", "flask_sqlalchemy")
+    skip_modules: tuple[str, ...] = ("sqlalchemy", "tracker", "contextlib", "flask_sqlalchemy",
+                                     "asyncio")
     #: Application frames kept per checkout (the first is the "location").
     stack_depth: int = 4
 

@@ -59,17 +59,25 @@ class LocationFinder:
         found: list[tuple[CodeType, int]] = []
         is_app = self._is_app
         depth = self._depth
-        while frame is not None:
-            code = frame.f_code
-            app = is_app.get(id(code))
-            if app is None:
-                app = self._learn(code)
-            if app:
-                found.append((code, frame.f_lineno))
-                if len(found) >= depth:
-                    break
-            frame = frame.f_back
-        return found
+        glet: object | None = None
+        while True:
+            while frame is not None:
+                code = frame.f_code
+                app = is_app.get(id(code))
+                if app is None:
+                    app = self._learn(code)
+                if app:
+                    found.append((code, frame.f_lineno))
+                    if len(found) >= depth:
+                        return found
+                frame = frame.f_back
+            # The bottom of this stack. Under SQLAlchemy's asyncio extension the sync
+            # code runs in a greenlet whose stack ends here; the application's
+            # coroutines (the await that led to it) are on the parent greenlet's stack,
+            # suspended where it switched.
+            frame, glet = _parent_greenlet_frame(glet)
+            if frame is None:
+                return found
 
     def stack(self, frame: FrameType | None = None) -> list[str]:
         """Like :meth:`capture`, as ``file:line in function`` strings."""
@@ -87,6 +95,23 @@ class LocationFinder:
         if filename.startswith("<"):
             return False
         return not filename.startswith(self._skip_dirs)
+
+
+def _parent_greenlet_frame(glet: object | None) -> tuple[FrameType | None, object | None]:
+    """The frame where the parent of ``glet`` (None: the current greenlet) switched
+    away, and that parent; (None, None) without greenlet or at the main greenlet."""
+    module = sys.modules.get("greenlet")
+    if module is None:
+        return None, None
+    try:
+        if glet is None:
+            glet = module.getcurrent()
+        parent = glet.parent  # type: ignore[attr-defined]
+        if parent is None:
+            return None, None
+        return parent.gr_frame, parent
+    except Exception:  # an exotic greenlet: no location rather than an error
+        return None, None
 
 
 def _module_dirs(modules: tuple[str, ...]) -> list[str]:
