@@ -73,7 +73,9 @@ class Timeline:
     flushes: list[dict[str, Any]] = field(default_factory=list)
     findings: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    duration: float = 0.0      # seconds the window covers
+    begin: float = 0.0         # where the window starts, in seconds from the trace's start
+    duration: float = 0.0      # seconds the window covers (from the first span drawn to
+                               # the end of the last)
     ticks: list[tuple[float, str]] = field(default_factory=list)
     spans_drawn: int = 0
     spans_total: int = 0
@@ -126,6 +128,7 @@ class _Reader:
                                      "finding", "checkout", "checkin", "error",
                                      "rollback", "change"), 0)
         self.last = 0.0            # the end of the latest thing seen
+        self.first_drawn: float | None = None  # the start of the earliest span drawn
         self.last_drawn = 0.0      # the end of the latest span drawn
 
     def read(self, records: Iterator[dict[str, Any]]) -> None:
@@ -169,6 +172,8 @@ class _Reader:
             return
         self.t.spans_drawn += 1
         self.last_drawn = max(self.last_drawn, span.start + span.dur)
+        if self.first_drawn is None or span.start < self.first_drawn:
+            self.first_drawn = span.start
         lane.spans.append(span)
 
     # -- records ------------------------------------------------------------------------
@@ -312,23 +317,25 @@ class _Reader:
 
     def _finish(self) -> None:
         t = self.t
-        # drawn up to the last span drawn when the trace has more than can be drawn
-        window = self.last_drawn if t.clipped else self.last
-        window = max(window, 1e-6)
-        t.duration = window
+        # from the first span drawn to the end of the last one: the time before the
+        # first event (a recording waiting for the app) is left out
+        begin = self.first_drawn or 0.0
+        window = max(self.last_drawn - begin, 1e-6)
+        t.begin, t.duration = begin, window
         lanes = list(self.threads.values())  # in the order they first appear
         lanes += [self.connections[number] for number in sorted(self.connections)]
         if self.findings.spans:
             lanes.append(self.findings)
         for lane in lanes:
             for span in lane.spans:
-                span.left = round(min(100.0, max(0.0, span.start / window * 100)), 4)
+                span.left = round(min(100.0, max(0.0, (span.start - begin) / window * 100)),
+                                  4)
                 span.width = round(min(100.0 - span.left, span.dur / window * 100), 4)
         t.lanes = lanes
         for counter in self.counters.values():
-            counter.path = _step_path(counter.points, window, max(counter.peak, 1))
+            counter.path = _step_path(counter.points, begin, window, max(counter.peak, 1))
         t.counters = list(self.counters.values())
-        t.ticks = _ticks(window)
+        t.ticks = _ticks(begin, window)
         t.counts = self.counts
 
 
@@ -346,19 +353,23 @@ def _ops(changes: list[dict[str, Any]]) -> str:
         or "nothing written"
 
 
-def _ticks(window: float) -> list[tuple[float, str]]:
-    """Axis ticks: (percent, label) at a round step, 4 to 10 of them."""
+def _ticks(begin: float, window: float) -> list[tuple[float, str]]:
+    """Axis ticks: (percent, time since the trace's start) at a round step, 4 to 10
+    of them."""
     raw = window / 8
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    ticks, at = [], 0.0
-    while at <= window * 1.0001 and len(ticks) < 12:
-        ticks.append((round(at / window * 100, 4), _ms(at) if at else "0"))
-        at += step
+    ticks = []
+    index = math.ceil(begin / step - 1e-9)
+    while index * step <= (begin + window) * (1 + 1e-9) and len(ticks) < 12:
+        at = index * step
+        ticks.append((round((at - begin) / window * 100, 4), _ms(at) if at else "0"))
+        index += 1
     return ticks
 
 
-def _step_path(points: list[tuple[float, int]], window: float, peak: int) -> str:
+def _step_path(points: list[tuple[float, int]], begin: float, window: float,
+               peak: int) -> str:
     """An SVG path (viewBox 0 0 1000 100) stepping through ``points``."""
     if not points:
         return ""
@@ -368,7 +379,7 @@ def _step_path(points: list[tuple[float, int]], window: float, peak: int) -> str
     out, level = [], 0
     out.append(f"M0 {y(0)}")
     for at, count in points:
-        x = round(min(1000.0, max(0.0, at / window * 1000)), 2)
+        x = round(min(1000.0, max(0.0, (at - begin) / window * 1000)), 2)
         out.append(f"H{x} V{y(count)}")
         level = count
     out.append(f"H1000 V{y(level)}")

@@ -10,7 +10,16 @@ from ..live import traces
 from .live import LiveConsumer
 
 
-class TracesLive(LiveConsumer):
+class _RenderedOnConnect(LiveConsumer):
+    async def connect(self) -> None:
+        await super().connect()
+        if getattr(self, "joined", False):
+            # a page is often opened by the redirect after a start or stop, and the
+            # agent's lines or its end may come before its socket joined: render once
+            await self.live_changed({"type": groups.CHANGED})
+
+
+class TracesLive(_RenderedOnConnect):
     """An app's traces page."""
 
     def resolve(self) -> bool:
@@ -24,7 +33,7 @@ class TracesLive(LiveConsumer):
         return traces.traces_html(self.app_pk, self.scope["user"], oob=True)
 
 
-class TraceLive(LiveConsumer):
+class TraceLive(_RenderedOnConnect):
     """A trace's page: its status card."""
 
     def resolve(self) -> bool:

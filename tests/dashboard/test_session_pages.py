@@ -272,6 +272,7 @@ def test_the_overview_links_each_app_to_its_sessions_with_the_live_count(view, t
             f'/sessions/">2 live sessions</a> · <a class="findings-link" '
             f'href="/apps/{tracked.app.pk}/findings/">no open finding</a> · <a '
             f'class="controls-link" href="/apps/{tracked.app.pk}/controls/">controls</a> · '
+            f'<a class="traces-link" href="/apps/{tracked.app.pk}/traces/">traces</a> · '
             f'<a class="audit-link" href="/apps/{tracked.app.pk}/audit/">audit log</a>'
             '</p>') in html
     assert html.count('class="sessions-link"') == 1  # billing has no process yet

@@ -247,6 +247,11 @@ async def test_an_open_traces_page_shows_the_records_as_they_arrive(
     await control(agent)
     page = live(f"/ws/live/app/{shop.app.pk}/traces/", ORIGIN, session_cookie)
     await join(page, groups.app_traces(shop.app.pk))
+    # one render right away: what came before the socket joined is shown
+    first = await page.receive_from(timeout=2)
+    assert '<span class="badge trace-status recording">recording</span>' in first
+    assert '<td class="num records">0</td>' in first
+    assert "waiting for the agent…" in first
     await agent.send_to(bytes_data=frame(tr.trace_msg(wire, 1, [tr.header(wire),
                                                                  *tr.body()[:4]])))
     html = await page.receive_from(timeout=2)
@@ -254,5 +259,35 @@ async def test_an_open_traces_page_shows_the_records_as_they_arrive(
     assert f'<tr class="trace recording" data-trace="{trace.pk}" data-status="recording">' \
         in html
     assert '<td class="num records">5</td>' in html
+    assert "waiting for the agent…" not in html
     await page.disconnect()
     await agent.disconnect()
+
+
+async def test_an_open_trace_page_follows_its_status(shop, operator, traces_dir,
+                                                    session_cookie):
+    agent, wire, trace = await recording(shop, operator)
+    await control(agent)
+    page = live(f"/ws/live/trace/{trace.pk}/", ORIGIN, session_cookie)
+    await join(page, groups.app_traces(shop.app.pk))
+    first = await page.receive_from(timeout=2)
+    assert first.startswith('<section id="trace-status" class="card trace-status" '
+                            'hx-swap-oob="true" data-status="recording">')
+    await agent.send_to(bytes_data=frame(tr.trace_msg(
+        wire, 1, [tr.header(wire), *tr.body(), tr.end()], last=True,
+        reason="stopped from the dashboard")))
+    html = await page.receive_from(timeout=2)
+    assert 'data-status="complete"' in html
+    assert '<dd class="records">12 <span class="muted small">' in html
+    assert '<p class="small trace-reason">stopped from the dashboard</p>' in html
+    await page.disconnect()
+    await agent.disconnect()
+
+
+async def test_a_live_socket_needs_a_login_and_a_known_trace(shop, session_cookie):
+    page = live("/ws/live/trace/999999/", ORIGIN, session_cookie)
+    assert await page.connect() == (True, None)
+    assert (await page.receive_output(timeout=2))["code"] == 4404
+    anonymous = live(f"/ws/live/app/{shop.app.pk}/traces/", ORIGIN)
+    assert await anonymous.connect() == (True, None)
+    assert (await anonymous.receive_output(timeout=2))["code"] == 4401

@@ -366,7 +366,7 @@ def test_the_trace_page_shows_the_timeline_statements_and_flush_changes(
     assert [kind for kind, _, _ in spans].count("held") == 2
     assert re.findall(r'<tr id="st-(\d+)" class="statement">', html) == [
         str(n) for n in range(1, 9)]
-    assert re.findall(r'<span class="op-label">([^<]+)</span>', html) == [
+    assert re.findall(r'<span class="span-name">([^<]+)</span>', html) == [
         "SELECT retort_order", "SELECT retort_customer", "SELECT retort_customer",
         "UPDATE retort_customer", "INSERT retort_customer", "DELETE retort_order",
         "SELECT retort_order", "UPDATE retort_order"]
@@ -467,3 +467,63 @@ def test_the_traces_page_lists_them(shop, logged_in, recorded, traces_dir):
             f'<a href="/traces/{trace.pk}/download/chrome/">chrome</a> · '
             f'<a href="/traces/{trace.pk}/download/otlp/">otlp</a>') in html
     assert f'ws-connect="/ws/live/app/{shop.app.pk}/traces/"' in html
+
+
+def test_the_timeline_spans_the_events_with_round_ticks(shop, alice, traces_dir, tmp_path):
+    from dashboard import traces_timeline
+
+    from . import trace_records as tr
+
+    path = tmp_path / "hand.jsonl"
+    path.write_bytes(b"".join(jsonl.line(r) for r in [tr.header(), *tr.BODY, tr.end()]))
+    timeline = traces_timeline.build(_import(shop.app, path, alice))
+    # from the checkout (1 s after the start) to the checkin (2 s): the end line at
+    # 2.5 s is not drawn
+    assert (timeline.begin, timeline.duration) == (1.0, 1.0)
+    assert timeline.ticks == [(0.0, "1.00 s"), (20.0, "1.20 s"), (40.0, "1.40 s"),
+                              (60.0, "1.60 s"), (80.0, "1.80 s"), (100.0, "2.00 s")]
+    thread, connection = timeline.lanes
+    assert (thread.name, thread.detail, connection.name, connection.detail) == (
+        "worker-1", f"tid {tr.TID}", "connection #1", "postgresql/shop")
+    assert [(s.kind, s.left, s.width, s.row, s.anchor, s.css) for s in thread.spans] == [
+        ("statement", 25.0, 0.2, 2, "st-1", ""),
+        ("lazy_load", 30.0, 0.0, 2, "", ""),
+        ("flush", 50.0, 0.4, 1, "fl-1", ""),
+        ("statement", 50.1, 0.1, 2, "st-2", ""),
+        ("transaction", 0.0, 100.0, 0, "", "commit")]
+    assert [(s.kind, s.left, s.width, s.label) for s in connection.spans] == [
+        ("statement", 25.0, 0.2, "SELECT customer"),
+        ("statement", 50.1, 0.1, "UPDATE customer"),
+        ("held", 0.0, 100.0, "held by worker-1")]
+    (counter,) = timeline.counters
+    assert (counter.engine, counter.peak, counter.path) == (
+        "postgresql/shop", 1, "M0 100.0 H0.0 V4.0 H1000.0 V100.0 H1000 V100.0")
+    assert timeline.counts == {"statement": 2, "transaction": 1, "flush": 1, "lazy_load": 1,
+                               "finding": 0, "checkout": 1, "checkin": 1, "error": 0,
+                               "rollback": 0, "change": 1}
+    assert timeline.flushes[0]["changes"] == [
+        {"op": "update", "class": "Customer", "identity": "1",
+         "rows": [{"kind": "attribute", "attribute": "name", "old": "'Ann'", "new": "'Annie'"},
+                  {"kind": "attribute", "attribute": "password_hash", "old": "••••••",
+                   "new": "••••••"}]}]
+
+
+def test_a_long_trace_draws_and_lists_only_the_first_spans_and_rows(
+        shop, alice, traces_dir, tmp_path, settings, logged_in):
+    from dashboard import traces_timeline
+
+    from . import trace_records as tr
+
+    path = tmp_path / "hand.jsonl"
+    path.write_bytes(b"".join(jsonl.line(r) for r in [tr.header(), *tr.BODY, tr.end()]))
+    trace = _import(shop.app, path, alice)
+    settings.RETORT = {"TRACES_DIR": str(traces_dir), "TRACE_TIMELINE_SPANS": 3,
+                       "TRACE_TABLE_ROWS": 1}
+    timeline = traces_timeline.build(trace)
+    assert (timeline.spans_drawn, timeline.spans_total, timeline.clipped) == (3, 8, True)
+    assert (timeline.begin, round(timeline.duration, 6)) == (1.25, 0.05)
+    assert (len(timeline.statements), len(timeline.flushes), timeline.counts["statement"]) \
+        == (1, 1, 2)
+    html = logged_in.get(f"/traces/{trace.pk}/").content.decode()
+    assert "the first 3 of 8 spans (download the trace for all of it)" in html
+    assert "(2; the first 1 are listed)" in html
