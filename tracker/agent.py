@@ -221,7 +221,11 @@ class Agent:
 
     # -- what is reported ------------------------------------------------------------
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self, live: list[tuple[EngineEntry, Engine | None]] | None = None
+              ) -> dict[str, Any]:
+        """The ``hello`` message, announcing ``live`` engines (default: the live ones)."""
+        if live is None:
+            live = self.registry.live_engines()
         return {
             "t": "hello",
             "app": self.config.app,
@@ -235,8 +239,7 @@ class Agent:
                 "sqlalchemy": sqlalchemy.__version__,
                 "agent": __version__,
             },
-            "engines": [self.engine_info(entry, engine)
-                        for entry, engine in self.registry.live_engines()],
+            "engines": [self.engine_info(entry, engine) for entry, engine in live],
             "capabilities": {"capture_parameters": self.config.capture_parameters},
         }
 

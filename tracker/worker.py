@@ -160,12 +160,19 @@ class Worker:
         try:
             for message in self.transport.receive():
                 self._on_message(message)
-            self._announce_engines()
+            # the state first, then the announcements: an engine born meanwhile (on the
+            # application's threads) is in the state, so it must be announced too, and
+            # the state holds it alive until then (a short-lived engine would otherwise
+            # reach the dashboard as counters without a configuration)
+            engines = self.agent.registry.live_engines() if due else []
+            state = self.state(engines) if due else None
+            self._announce_engines(engines)
+            del engines
             self._send_events()
             for message in self.agent.remote_traces.frames():
                 self.transport.send(protocol.encode(message))
-            if due:
-                self.transport.send(protocol.encode(self.state()))
+            if state is not None:
+                self.transport.send(protocol.encode(state))
         except TransportError as exc:
             self._lost(exc)
 
@@ -305,11 +312,12 @@ class Worker:
 
     # -- frames ----------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """The ``state`` message: every live engine's pool now, and the agent's health."""
+    def state(self, live: list[tuple[Any, Any]] | None = None) -> dict[str, Any]:
+        """The ``state`` message: every live engine's pool now (``live``: the
+        registry's live engines, read by the caller), and the agent's health."""
         self.check_pools()
         engines = []
-        for entry, engine in self.agent.registry.live_engines():
+        for entry, engine in (self.agent.registry.live_engines() if live is None else live):
             stats = self.stats_for(entry)
             state = self.agent.engine_state(entry, engine, stats)
             if stats.changed:
@@ -341,8 +349,12 @@ class Worker:
             self.agent.engine_checks.start_due()  # tests run them with .run(.due())
         return message
 
-    def _announce_engines(self) -> None:
-        for entry, engine in self.agent.registry.live_engines():
+    def _announce_engines(self, also: list[tuple[Any, Any]] = ()) -> None:
+        seen: set[str] = set()
+        for entry, engine in [*also, *self.agent.registry.live_engines()]:
+            if entry.id in seen:
+                continue
+            seen.add(entry.id)
             if self.announced.get(entry.id) != entry.revision:
                 self.transport.send(protocol.encode(
                     {"t": "engine", "engine": self.agent.engine_info(entry, engine)}))
@@ -375,13 +387,15 @@ class Worker:
         assert self.transport is not None
         try:
             self.transport.open()
-            hello = self.agent.hello()
-            self.transport.send(protocol.encode(hello))
+            # what the hello announces is exactly what counts as announced: an engine
+            # born after this read is announced on its own
+            live = self.agent.registry.live_engines()
+            self.transport.send(protocol.encode(self.agent.hello(live)))
         except TransportError as exc:
             self._lost(exc)
             return False
-        self.announced = {entry.id: entry.revision
-                          for entry, _ in self.agent.registry.live_engines()}
+        self.announced = {entry.id: entry.revision for entry, _ in live}
+        del live
         self.agent.session_reporter.forget_sent()  # the dashboard gets every session
         for stats in self.stats.values():
             stats.resend_all()

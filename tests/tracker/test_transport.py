@@ -157,6 +157,34 @@ def test_wait_for_engine_connects_at_the_first_engine_only(peer, tmp_path):
         child.communicate("end\n", timeout=30)
 
 
+def test_every_engine_in_a_state_was_announced_before_it(peer, tmp_path):
+    # engines living a few milliseconds each (a test suite, a job per engine): the
+    # dashboard must never get counters for an engine whose configuration it lacks
+    tracker.instrument(url=peer.url, app="shop", state_interval=0.01)
+    deadline = time.monotonic() + 2.0
+    made = 0
+    while time.monotonic() < deadline:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'short.db'}")
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+        del engine
+        made += 1
+    assert peer.wait_for(lambda: peer.kinds().count("state") >= 20)
+    tracker.uninstrument()
+    announced: set[str] = set()
+    unannounced: list[str] = []
+    for message in list(peer.messages):
+        if message["t"] == "hello":
+            announced.update(e["id"] for e in message["engines"])
+        elif message["t"] == "engine":
+            announced.add(message["engine"]["id"])
+        elif message["t"] == "state":
+            unannounced.extend(e["id"] for e in message["engines"] if e["id"] not in announced)
+    assert made > 50
+    assert unannounced == []
+
+
 def test_the_process_is_the_same_for_every_agent_it_runs(peer):
     # the dashboard keys a process by host, pid and this start time: attached again,
     # or instrumented again, it is the same process
