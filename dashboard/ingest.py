@@ -77,6 +77,13 @@ def upsert_engine(process: Process, info: dict[str, Any]) -> Engine:
     # hello: an announcement without them keeps what an earlier one said
     if isinstance(info.get("server"), dict):
         defaults["server"] = info["server"]
+    # an announcement made when the engine or its pool was already gone says nothing
+    # of them: it does not erase what an earlier one said
+    if not defaults["dialect"]:
+        for name in ("dialect", "driver", "url", "echo"):
+            del defaults[name]
+    if not defaults["pool"].get("class"):
+        del defaults["pool"]
     engine, _ = Engine.objects.update_or_create(process=process, key=info["id"],
                                                 defaults=defaults)
     return engine

@@ -164,7 +164,7 @@ class Worker:
             # application's threads) is in the state, so it must be announced too, and
             # the state holds it alive until then (a short-lived engine would otherwise
             # reach the dashboard as counters without a configuration)
-            engines = self.agent.registry.live_engines() if due else []
+            engines = _reportable(self.agent.registry.live_engines()) if due else []
             state = self.state(engines) if due else None
             self._announce_engines(engines)
             del engines
@@ -317,7 +317,9 @@ class Worker:
         registry's live engines, read by the caller), and the agent's health."""
         self.check_pools()
         engines = []
-        for entry, engine in (self.agent.registry.live_engines() if live is None else live):
+        if live is None:
+            live = _reportable(self.agent.registry.live_engines())
+        for entry, engine in live:
             stats = self.stats_for(entry)
             state = self.agent.engine_state(entry, engine, stats)
             if stats.changed:
@@ -351,7 +353,7 @@ class Worker:
 
     def _announce_engines(self, also: list[tuple[Any, Any]] = ()) -> None:
         seen: set[str] = set()
-        for entry, engine in [*also, *self.agent.registry.live_engines()]:
+        for entry, engine in [*also, *_reportable(self.agent.registry.live_engines())]:
             if entry.id in seen:
                 continue
             seen.add(entry.id)
@@ -389,7 +391,7 @@ class Worker:
             self.transport.open()
             # what the hello announces is exactly what counts as announced: an engine
             # born after this read is announced on its own
-            live = self.agent.registry.live_engines()
+            live = _reportable(self.agent.registry.live_engines())
             self.transport.send(protocol.encode(self.agent.hello(live)))
         except TransportError as exc:
             self._lost(exc)
@@ -469,6 +471,14 @@ class Worker:
             {"t": "ack", "id": message["id"], "status": status, "reason": reason}))
         for reply in replies:
             self.transport.send(protocol.encode(reply))
+
+
+def _reportable(live: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Live engines, without an engine that was collected since it was read (its
+    entry's weak reference is dead): there is nothing left to report of it. A pool
+    whose engine is not known yet (no reference at all) is kept."""
+    return [(entry, engine) for entry, engine in live
+            if engine is not None or entry.engine_ref is None]
 
 
 def _first(captured: list[Any]) -> str:

@@ -187,6 +187,25 @@ async def test_engine_frame_adds_an_engine_whose_state_is_then_stored(shop):
     await communicator.disconnect()
 
 
+async def test_an_announcement_of_a_gone_engine_keeps_its_configuration(shop):
+    # re-announced (renamed, a new pool) after the engine or its pool was collected:
+    # the agent knows the name only; what the first announcement said stays
+    communicator = await open_agent(shop.raw)
+    await say_hello(communicator)
+    first = engine_info(id="e2", name="pool StaticPool", dialect="sqlite", driver="pysqlite",
+                        url="sqlite://", pool={"class": "StaticPool", "recycle": -1,
+                                               "pre_ping": False})
+    await send_and_settle(communicator, {"t": "engine", "engine": first})
+    await send_and_settle(communicator, {"t": "engine", "engine": engine_info(
+        id="e2", name="sqlite/:memory:", dialect="", driver="", url="", echo=False,
+        pool={"class": "", "recycle": -1, "pre_ping": False}, disposed=1)})
+    e2 = await get_engine(key="e2")
+    assert (e2.name, e2.dialect, e2.driver, e2.url, e2.pool, e2.disposed) == (
+        "sqlite/:memory:", "sqlite", "pysqlite", "sqlite://",
+        {"class": "StaticPool", "recycle": -1, "pre_ping": False}, 1)
+    await communicator.disconnect()
+
+
 async def test_events_store_a_checkout_timeout(shop):
     communicator = await open_agent(shop.raw)
     await say_hello(communicator)
