@@ -97,3 +97,18 @@ def test_the_overview_shows_each_group_with_its_restarts(shop, logged_in):
     assert html.count('<tr class="group-head">') == 1
     assert '<div class="muted small replaced">replaced by 103</div>' in html
     assert html.index("web-1:103<") < html.index("web-1:102<") < html.index("web-1:101<")
+
+
+def test_a_process_with_many_engines_lists_six_and_folds_the_rest(shop, logged_in):
+    from dashboard.models import Engine
+
+    process = _process(shop, 101, started=(django_now() - T0).total_seconds() - 5)
+    for n in range(8):
+        Engine.objects.create(process=process, key=f"e{n + 1}", name=f"sqlite/db{n + 1}",
+                              pool={"class": "QueuePool"})
+    html = logged_in.get("/").content.decode()
+    shown, folded = html.split('<details class="more-engines"', 1)
+    assert shown.count('class="engine-link"') == 6
+    assert (f' data-keep="engines-{process.pk}"><summary class="small muted">2 more engines'
+            f'</summary>') in folded
+    assert folded.count('class="engine-link"') == 2
