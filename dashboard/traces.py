@@ -101,7 +101,7 @@ def targets(app: App, asked: Asked) -> list[Process]:
     if asked.process is not None and asked.process.app_id != app.pk:
         raise RecordError(f"process {process_name(asked.process)} is not a process of "
                           f"{app.name}")
-    connected = Process.objects.filter(app=app, connected=True).order_by("host", "pid", "pk")
+    connected = reachable(app)
     if asked.scope == "app":
         chosen = list(connected)
     elif asked.scope == "process":
@@ -137,6 +137,15 @@ def targets(app: App, asked: Asked) -> list[Process]:
     return chosen
 
 
+def reachable(app: App):
+    """The app's processes a recording can reach: connected, and heard from within
+    STALE_AFTER_SECONDS (one marked connected but silent — gone without a goodbye,
+    e.g. under a dashboard that was killed — would never answer)."""
+    since = timezone.now() - timedelta(seconds=conf.get("STALE_AFTER_SECONDS"))
+    return (Process.objects.filter(app=app, connected=True, last_seen__gte=since)
+            .order_by("host", "pid", "pk"))
+
+
 @dataclass
 class Started:
     traces: list[Trace]
@@ -164,10 +173,10 @@ def start(app: App, user: Any, asked: Asked) -> Started:
         trace.app, trace.process = app, process
         made.append(trace)
     names = [process_name(p) for p in processes]
+    covered = where(asked.scope, app.name, process=asked.process, engine=asked.engine,
+                    session=session_key)
     entry = AuditLog.record(
-        user, "trace.start", f"Recording {asked.name.strip()!r} of "
-        f"{where(asked.scope, app.name, process=asked.process, engine=asked.engine, session=session_key)}",
-        app=app, result=f"sent to {len(names)} process{'es' if len(names) != 1 else ''}: "
+        user, "trace.start", f"Recording {asked.name.strip()!r} of {covered}", app=app, result=f"sent to {len(names)} process{'es' if len(names) != 1 else ''}: "
                         + ", ".join(names),
         details={"traces": [t.pk for t in made], "scope": asked.scope,
                  "engine": asked.engine, "session": session_key,
@@ -218,12 +227,11 @@ def stop(trace: Trace, user: Any) -> Stopped:
     (its agent stops by itself at its time limit; nothing it sends later is kept);
     the others complete when their last lines arrive."""
     now = timezone.now()
-    rows = list(Trace.objects.select_for_update().select_related("process", "app")
-                .filter(app_id=trace.app_id, recording=trace.recording,
-                        status=Trace.RECORDING).order_by("pk")
-                if trace.recording else
-                Trace.objects.select_for_update().select_related("process", "app")
-                .filter(pk=trace.pk, status=Trace.RECORDING))
+    # "of": the nullable process is outer-joined, which PostgreSQL cannot lock
+    locked = (Trace.objects.select_for_update(of=("self",)).select_related("process", "app")
+              .filter(status=Trace.RECORDING).order_by("pk"))
+    rows = list(locked.filter(app_id=trace.app_id, recording=trace.recording)
+                if trace.recording else locked.filter(pk=trace.pk))
     asked, gone = [], []
     for row in rows:
         row.stopped_by = user
@@ -245,7 +253,9 @@ def stop(trace: Trace, user: Any) -> Stopped:
     entry = AuditLog.record(user, "trace.stop", f"Recording {trace.name!r} of "
                             f"{describe(trace)}", app=trace.app,
                             result="; ".join(parts) or "nothing to stop: it has ended",
-                            details={"traces": [t.pk for t in rows]})
+                            details={"traces": [t.pk for t in rows],
+                                     "processes": [process_name(t.process) for t in rows
+                                                   if t.process is not None]})
     return Stopped(traces=rows, entry=entry, messages=stop_messages(asked))
 
 
@@ -271,7 +281,7 @@ def store_ack(process_id: int, ack: dict[str, Any]) -> int | None:
     if parsed is None:
         return None
     pk, action = parsed
-    trace = (Trace.objects.select_for_update().select_related("app", "process")
+    trace = (Trace.objects.select_for_update(of=("self",)).select_related("app", "process")
              .filter(pk=pk, process_id=process_id).first())
     if trace is None or ack["status"] == "applied" or trace.status != Trace.RECORDING:
         return None

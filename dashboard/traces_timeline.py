@@ -123,6 +123,8 @@ class _Reader:
         self.findings = Lane("findings", "findings", "findings", 1)
         self.counters: dict[str, Counter] = {}
         self.open_txn: dict[str, tuple[dict[str, Any], int]] = {}  # session -> begin, n
+        self.session_last: dict[str, float] = {}  # session -> the end of its last event
+        self.session_conn: dict[str, int] = {}    # session -> the connection it last used
         self.checkouts: dict[int, dict[str, Any]] = {}
         self.counts = dict.fromkeys(("statement", "transaction", "flush", "lazy_load",
                                      "finding", "checkout", "checkin", "error",
@@ -138,11 +140,15 @@ class _Reader:
             kind = record["type"]
             handler = getattr(self, f"_{kind}", None)
             if "ts" in record:
-                self.last = max(self.last, self._at(record["ts"]) + record.get("dur", 0.0))
+                ends = self._at(record["ts"]) + record.get("dur", 0.0)
+                self.last = max(self.last, ends)
+                if record.get("session") and kind != "transaction":
+                    sid = record["session"]
+                    self.session_last[sid] = max(self.session_last.get(sid, ends), ends)
             if handler is not None:
                 handler(record)
-        for sid, (began, number) in self.open_txn.items():  # still open at the end
-            self._txn_span(began, self.last, "still open at the end", "open", number)
+        for sid in list(self.open_txn):
+            self._unended(sid)
         self._finish()
 
     # -- helpers ------------------------------------------------------------------------
@@ -202,6 +208,8 @@ class _Reader:
         self._draw(self._connection_lane(record["conn"], record["engine"]),
                    Span("statement", start, dur, name, title, CONNECTION_ROWS["statement"],
                         anchor, css))
+        if record["session"]:
+            self.session_conn[record["session"]] = record["conn"]
         if len(self.t.statements) < self.max_rows:
             self.t.statements.append({
                 "number": number, "anchor": anchor, "at": start, "dur": dur,
@@ -215,7 +223,10 @@ class _Reader:
         sid = record["session"]
         if record["phase"] == "begin":
             self.counts["transaction"] += 1
+            if sid in self.open_txn:  # the session began again: the last one ended unseen
+                self._unended(sid)
             self.open_txn[sid] = (record, self.counts["transaction"])
+            self.session_last.pop(sid, None)
             return
         began = self.open_txn.pop(sid, None)
         if record["phase"] == "rollback":
@@ -223,6 +234,22 @@ class _Reader:
         if began is not None:
             self._txn_span(began[0], self._at(record["ts"]), record["phase"],
                            record["phase"], began[1])
+
+    def _unended(self, sid: str, closed_at: float | None = None) -> None:
+        """A transaction whose commit or rollback the trace does not have: the session
+        was closed (a close ends it without either), or it was still open when the
+        recording stopped. Drawn up to the return of its connection to the pool when
+        that came (the close), else to the session's last event."""
+        began, number = self.open_txn.pop(sid)
+        if closed_at is not None:
+            self._txn_span(began, closed_at, "no commit or rollback in the trace: ended "
+                                             "when the session returned its connection "
+                                             "(closed)", "open", number)
+            return
+        end = max(self._at(began["ts"]), self.session_last.get(sid, 0.0))
+        self._txn_span(began, end, "no commit or rollback in the trace (the session was "
+                                   "closed, or the recording stopped first); drawn to its "
+                                   "last event", "open", number)
 
     def _txn_span(self, began: dict[str, Any], end: float, outcome: str, css: str,
                   number: int) -> None:
@@ -284,11 +311,17 @@ class _Reader:
         lane = self._connection_lane(record["conn"], record["engine"])
         out = self.checkouts.pop(record["conn"], None)
         end = self._at(record["ts"])
+        for sid in [sid for sid in self.open_txn if self.session_conn.get(sid) == record["conn"]]:
+            self._unended(sid, closed_at=end)
         held = record.get("held")
         start = end - held if isinstance(held, (int, float)) else (
             self._at(out["ts"]) if out is not None else None)
         if start is not None:
-            who = record.get("thread") or (out or {}).get("thread") or "?"
+            holder = self.threads.get(record["tid"])
+            # the lane's name was read while the thread ran; a checkin's may come after
+            # the thread ended ("thread 1234…")
+            who = holder.name if holder is not None else (
+                record.get("thread") or (out or {}).get("thread") or "?")
             wait = (out or {}).get("wait")
             self._draw(lane, Span("held", start, max(0.0, end - start), f"held by {who}",
                                   f"held by {who} for {_ms(end - start)}"

@@ -73,10 +73,9 @@ def asked(app: App, values: FormValues) -> traces.Asked:
 
 
 def choices(app: App) -> dict[str, Any]:
-    """What the form offers: the connected processes, their engines' names, their
-    live sessions."""
-    processes = list(Process.objects.filter(app=app, connected=True)
-                     .order_by("host", "pid", "pk"))
+    """What the form offers: the processes a recording can reach, their engines'
+    names, their live sessions."""
+    processes = list(traces.reachable(app))
     engines = sorted(set(Engine.objects.filter(process__in=processes)
                          .values_list("name", flat=True)))
     sessions = list(TrackedSession.objects.filter(process__in=processes, ended_at__isnull=True)

@@ -140,6 +140,7 @@ async def test_a_malformed_record_refuses_the_frame_and_stores_nothing(
     row = await trace_row(trace.pk)
     assert (row.status, row.seq, row.records, row.bytes) == ("recording", 0, 0, 0)
     assert not (traces_dir / row.path).exists()
+    await agent.disconnect()
 
 
 @pytest.mark.parametrize("record, problem", [
@@ -288,6 +289,8 @@ async def test_a_live_socket_needs_a_login_and_a_known_trace(shop, session_cooki
     page = live("/ws/live/trace/999999/", ORIGIN, session_cookie)
     assert await page.connect() == (True, None)
     assert (await page.receive_output(timeout=2))["code"] == 4404
+    await page.disconnect()
     anonymous = live(f"/ws/live/app/{shop.app.pk}/traces/", ORIGIN)
     assert await anonymous.connect() == (True, None)
     assert (await anonymous.receive_output(timeout=2))["code"] == 4401
+    await anonymous.disconnect()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from asgiref.sync import sync_to_async
 from django.test import Client
 from django.utils import timezone
 
@@ -324,18 +323,28 @@ def test_a_recording_without_lines_has_nothing_to_download(tracked, operator, lo
     assert "Nothing to show: no line received yet." in page
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_under_asgi_downloads_stream_from_an_async_iterator(shop, recorded, traces_dir,
-                                                                  async_client, alice):
+def test_under_asgi_downloads_stream_from_an_async_iterator(shop, recorded, traces_dir,
+                                                           alice):
+    from asgiref.sync import async_to_sync
+    from django.test import AsyncRequestFactory
+
+    from dashboard.views.traces import trace_download
+
     path = recorded()
-    trace = await sync_to_async(_import)(shop.app, path, alice)
-    await async_client.aforce_login(alice)
+    trace = _import(shop.app, path, alice)
+    request = AsyncRequestFactory().get(f"/traces/{trace.pk}/download/chrome/")
+    request.user = alice
+    response = trace_download(request, trace.pk, "chrome")
+    assert (response.streaming, response.is_async) == (True, True)
+
+    async def read() -> bytes:
+        return b"".join([chunk async for chunk in response])
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        response = await async_client.get(f"/traces/{trace.pk}/download/chrome/")
-        assert response.streaming
-        data = b"".join([chunk async for chunk in response.streaming_content])
+        data = async_to_sync(read)()
     assert json.loads(data) == to_chrome(*jsonl.read(path))
+    # Django reads a synchronous iterator to its end (into memory) under ASGI, and warns
     assert not [w for w in caught if "StreamingHttpResponse" in str(w.message)]
 
 
@@ -527,3 +536,42 @@ def test_a_long_trace_draws_and_lists_only_the_first_spans_and_rows(
     html = logged_in.get(f"/traces/{trace.pk}/").content.decode()
     assert "the first 3 of 8 spans (download the trace for all of it)" in html
     assert "(2; the first 1 are listed)" in html
+
+
+def test_a_transaction_without_its_end_is_drawn_to_the_sessions_last_event(
+        shop, alice, traces_dir, tmp_path):
+    from dashboard import traces_timeline
+
+    from . import trace_records as tr
+
+    begin, select, checkin = tr.BODY[3], tr.BODY[4], tr.BODY[-1]
+    # s1 is closed (no commit, no rollback: its connection is returned), used again,
+    # and still open when the trace ends
+    records = [tr.header(), *tr.BODY[:2], begin, select, {**checkin, "ts": checkin["ts"]},
+               {**begin, "ts": begin["ts"] + 2}, {**select, "ts": select["ts"] + 2},
+               tr.end()]
+    path = tmp_path / "open.jsonl"
+    path.write_bytes(b"".join(jsonl.line(r) for r in records))
+    timeline = traces_timeline.build(_import(shop.app, path, alice))
+    txns = [s for s in timeline.lanes[0].spans if s.kind == "transaction"]
+    assert [(s.start, round(s.dur, 6), s.css) for s in txns] == [
+        (1.0, 1.0, "open"), (3.0, 0.252, "open")]
+    assert [s.title for s in txns] == [
+        "transaction of session s1 · 1.00 s · no commit or rollback in the trace: ended "
+        "when the session returned its connection (closed)",
+        "transaction of session s1 · 252.0 ms · no commit or rollback in the trace (the "
+        "session was closed, or the recording stopped first); drawn to its last event"]
+
+
+def test_a_process_marked_connected_but_silent_is_not_recorded(tracked, as_operator, sent,
+                                                               traces_dir):
+    from dashboard.models import Process
+
+    silent = second_process(tracked.app, host="web-2", pid=77)
+    Process.objects.filter(pk=silent.pk).update(
+        last_seen=timezone.now() - timedelta(seconds=11))  # STALE_AFTER_SECONDS is 10
+    as_operator.post(f"/apps/{tracked.app.pk}/traces/start/", {"scope": "app", "name": "x"})
+    assert [group for group, _ in sent] == [f"process-{tracked.process.pk}"]
+    response = as_operator.post(f"/apps/{tracked.app.pk}/traces/start/",
+                                {"scope": "process", "name": "x", "process": str(silent.pk)})
+    assert "nothing to record: process web-2:77 is not connected" in response.content.decode()
