@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from .models import (AgentToken, Advice, App, AuditLog, Engine, Process, SlowStatement,
-                     StatementStat, Toggle, ToggleDelivery)
+                     StatementStat, Toggle, ToggleDelivery, Trace)
 
 
 class AgentTokenInline(admin.TabularInline):
@@ -141,3 +141,15 @@ class ToggleAdmin(ReadOnlyAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Trace)
+class TraceAdmin(ReadOnlyAdmin):
+    """Traces are recorded and imported on an app's traces page; here they are viewed,
+    and may be deleted (their files go with them)."""
+
+    list_display = ("name", "app", "process", "scope", "status", "truncated", "records",
+                    "bytes", "started_by", "started_at", "stopped_at")
+    list_filter = ("app", "status", "scope")
+    search_fields = ("name",)
+

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 from . import conf
@@ -549,3 +551,11 @@ class Trace(models.Model):
     @property
     def live(self) -> bool:
         return self.status == self.RECORDING
+
+
+@receiver(post_delete, sender=Trace)
+def _delete_trace_file(sender, instance: Trace, **kwargs) -> None:
+    """A trace's file goes with its row (pruned, deleted in the admin, or its app)."""
+    from .traces_store import delete_file
+
+    delete_file(instance)

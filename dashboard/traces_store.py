@@ -145,13 +145,12 @@ def delete_file(trace: Trace) -> None:
 
 def prune(app_pk: int) -> int:
     """Keep the newest TRACES_PER_APP traces of an app (those recording are kept
-    whatever their age); deletes the others with their files. Returns how many."""
+    whatever their age); deletes the others, and their files with them (a post_delete
+    receiver in models). Returns how many."""
     keep = conf.get("TRACES_PER_APP")
     old = list(Trace.objects.filter(app_id=app_pk).exclude(status=Trace.RECORDING)
-               .order_by("-created_at", "-pk")[keep:])
-    for trace in old:
-        delete_file(trace)
-    Trace.objects.filter(pk__in=[t.pk for t in old]).delete()
+               .order_by("-created_at", "-pk").values_list("pk", flat=True)[keep:])
+    Trace.objects.filter(pk__in=old).delete()
     return len(old)
 
 

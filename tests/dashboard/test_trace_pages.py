@@ -575,3 +575,20 @@ def test_a_process_marked_connected_but_silent_is_not_recorded(tracked, as_opera
     response = as_operator.post(f"/apps/{tracked.app.pk}/traces/start/",
                                 {"scope": "process", "name": "x", "process": str(silent.pk)})
     assert "nothing to record: process web-2:77 is not connected" in response.content.decode()
+
+
+def test_a_traces_file_goes_with_it_and_with_its_app(shop, logged_in, recorded, traces_dir,
+                                                     admin_client):
+    path = recorded()
+    for _ in range(2):
+        upload(logged_in, shop.app, path)
+    first, second = Trace.objects.order_by("pk")
+    files = [traces_store.file_of(first), traces_store.file_of(second)]
+    assert [f.exists() for f in files] == [True, True]
+    response = admin_client.post(f"/admin/dashboard/trace/{first.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert [f.exists() for f in files] == [False, True]
+    shop.app.delete()
+    assert [f.exists() for f in files] == [False, False]
+    assert admin_client.get("/admin/dashboard/trace/").status_code == 200
+    assert admin_client.get("/admin/dashboard/trace/add/").status_code == 403
