@@ -245,6 +245,10 @@ def _append(trace: Trace, records: list[dict[str, Any]]) -> tuple[int, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open(path, "ab") as out:
+        if out.tell() != trace.bytes:
+            # lines of a frame whose row update never committed (a database error):
+            # the file holds exactly what the row counts
+            out.truncate(trace.bytes)
         for record in records:
             line = jsonl.line(record)
             if trace.bytes + len(line) > limit:

@@ -294,3 +294,20 @@ async def test_a_live_socket_needs_a_login_and_a_known_trace(shop, session_cooki
     assert await anonymous.connect() == (True, None)
     assert (await anonymous.receive_output(timeout=2))["code"] == 4401
     await anonymous.disconnect()
+
+
+def test_lines_whose_row_never_committed_are_cut_before_the_next_frame(
+        tracked, operator, traces_dir):
+    started = traces.start(tracked.app, operator, traces.Asked(scope="app", name="x"))
+    trace = started.traces[0]
+    wire = str(trace.pk)
+    first = protocol.decode(frame(tr.trace_msg(wire, 1, [tr.header(wire), *tr.body()[:3]])))
+    traces_store.store_frame(tracked.process.pk, first)
+    path = traces_dir / trace.path
+    with open(path, "ab") as out:  # a frame written, then its transaction rolled back
+        out.write(jsonl.line(tr.BODY[3]) + b'{"type": "stat')
+    second = protocol.decode(frame(tr.trace_msg(wire, 2, tr.body()[3:])))
+    traces_store.store_frame(tracked.process.pk, second)
+    row = Trace.objects.get(pk=trace.pk)
+    assert lines(path) == [tr.header(wire), *tr.body()]
+    assert (row.records, row.bytes) == (11, path.stat().st_size)

@@ -40,7 +40,7 @@ def test_record_stop_and_open_the_timeline(page: Page, dashboard, start_app, tmp
     row = page.locator("tr.trace", has_text="rename-flow")
     expect(row.locator(".badge.trace-status")).to_have_text("recording")
     expect(page.locator(".messages")).to_contain_text(
-        f"Recording 'rename-flow' of process ")
+        "Recording 'rename-flow' of process ")
     # the header arrives over the agent's socket and the row follows it live
     expect(row.locator(".muted", has_text="waiting for the agent")).to_have_count(
         0, timeout=5_000)
