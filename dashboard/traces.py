@@ -25,7 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import conf, groups, traces_store
-from .models import App, AuditLog, Engine, Process, Trace, TrackedSession
+from .models import App, AuditLog, Process, Trace, TrackedSession
 from .toggles import NO_PERMISSION, process_name
 
 RECORD = "record"

@@ -311,3 +311,19 @@ def test_lines_whose_row_never_committed_are_cut_before_the_next_frame(
     row = Trace.objects.get(pk=trace.pk)
     assert lines(path) == [tr.header(wire), *tr.body()]
     assert (row.records, row.bytes) == (11, path.stat().st_size)
+
+
+async def test_a_refused_stop_of_a_trace_still_recording_fails_it(shop, operator, traces_dir):
+    agent, wire, trace = await recording(shop, operator)
+    await control(agent)
+    stopped = await sync_to_async(traces.stop)(await trace_row(trace.pk), operator)
+    await send(stopped.messages)
+    request = await control(agent)
+    assert request["id"] == f"record:{trace.pk}:stop"
+    await agent.send_to(bytes_data=frame({"t": "ack", "id": request["id"], "status": "refused",
+                                          "reason": f"no recording {wire} in this process"}))
+    assert await agent.receive_nothing(timeout=0.3) is True
+    row = await trace_row(trace.pk)
+    assert (row.status, row.reason) == (
+        "failed", f"the agent refused to stop: no recording {wire} in this process")
+    await agent.disconnect()
