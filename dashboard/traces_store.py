@@ -60,7 +60,7 @@ FIELDS: dict[str, dict[str, Any]] = {
                 "thread": OPT_STR, "location": OPT_STR, "message": STR, "evidence?": ANY},
     "end": {"ts": NUM, "events": (int,), "dropped": (int,)},
 }
-PHASES = ("begin", "commit", "rollback")
+PHASES = ("begin", "commit", "rollback", "close")
 PROCESS_FIELDS = {"host": STR, "pid": (int,), "app": STR, "python": STR}
 CHANGE_FIELDS = {"op": STR, "class": STR, "identity": OPT_STR}
 

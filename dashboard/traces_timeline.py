@@ -231,9 +231,13 @@ class _Reader:
         began = self.open_txn.pop(sid, None)
         if record["phase"] == "rollback":
             self.counts["rollback"] += 1
+        # "close": ended by the session's close, neither committed nor rolled back by
+        # the application (usual for a read-only session; the pool resets it)
+        outcome = {"close": "closed without commit or rollback (the pool resets the "
+                            "connection)"}.get(record["phase"], record["phase"])
         if began is not None:
-            self._txn_span(began[0], self._at(record["ts"]), record["phase"],
-                           record["phase"], began[1])
+            self._txn_span(began[0], self._at(record["ts"]), outcome, record["phase"],
+                           began[1])
 
     def _unended(self, sid: str, closed_at: float | None = None) -> None:
         """A transaction whose commit or rollback the trace does not have: the session

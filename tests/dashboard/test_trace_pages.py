@@ -517,6 +517,24 @@ def test_the_timeline_spans_the_events_with_round_ticks(shop, alice, traces_dir,
                    "new": "••••••"}]}]
 
 
+def test_a_transaction_ended_by_a_close_is_drawn_with_its_outcome(shop, alice, traces_dir,
+                                                                   tmp_path):
+    # a read-only session closed without commit: neither rolled back nor an error
+    from dashboard import traces_timeline
+
+    from . import trace_records as tr
+
+    body = [dict(r, phase="close") if r.get("phase") == "commit" else r for r in tr.BODY]
+    path = tmp_path / "closed.jsonl"
+    path.write_bytes(b"".join(jsonl.line(r) for r in [tr.header(), *body, tr.end()]))
+    timeline = traces_timeline.build(_import(shop.app, path, alice))
+    (txn,) = [s for s in timeline.lanes[0].spans if s.kind == "transaction"]
+    assert (txn.css, txn.title) == (
+        "close", "transaction of session s1 · 1.00 s · closed without commit or rollback "
+                 "(the pool resets the connection)")
+    assert (timeline.counts["transaction"], timeline.counts["rollback"]) == (1, 0)
+
+
 def test_a_long_trace_draws_and_lists_only_the_first_spans_and_rows(
         shop, alice, traces_dir, tmp_path, settings, logged_in):
     from dashboard import traces_timeline

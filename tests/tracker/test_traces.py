@@ -96,6 +96,24 @@ def test_jsonl_holds_the_full_event_stream(engine, tmp_path):
         ("checkout", 1), ("checkin", 0), ("checkout", 1), ("checkin", 0)]
 
 
+def test_a_transaction_ended_by_close_is_written_as_close(engine, tmp_path):
+    path = tmp_path / "close.jsonl"
+    with tracker.record("close", path):
+        with Session(engine) as reader:       # read-only: closed, never committed
+            reader.scalars(sa.select(Order)).all()
+        with Session(engine) as writer:       # committed, with a savepoint inside
+            with writer.begin_nested():
+                writer.get(Order, 1).note = "kept"
+            writer.commit()
+        with Session(engine) as failed:       # rolled back
+            failed.scalars(sa.select(Order)).all()
+            failed.rollback()
+    _, records = jsonl.read(path)
+    phases = [(r["session"], r["phase"]) for r in records if r["type"] == "transaction"]
+    assert phases == [("t1", "begin"), ("t1", "close"), ("t2", "begin"), ("t2", "commit"),
+                      ("t3", "begin"), ("t3", "rollback")]
+
+
 def test_parameters_only_when_allowed_and_redacted(engine, tmp_path):
     header, records = _record(engine, tmp_path, capture_parameters=True)
     assert header["parameters"] is True

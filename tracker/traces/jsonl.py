@@ -13,7 +13,8 @@ One JSON object per line, each with a ``type``:
                 ``session`` (or null), ``sql``, ``executemany``, ``rows`` (-1: unknown),
                 ``params`` (only if captured, redacted), ``error`` (if it failed).
 ``transaction`` ``ts``, ``tid``, ``thread``, ``session``, ``phase``: begin | commit |
-                rollback.
+                rollback | close (ended by the session's close without a commit or a
+                rollback: the pool rolls the connection back).
 ``flush``       ``ts``, ``dur``, ``tid``, ``thread``, ``session``, ``changes``: [{op:
                 insert | update | delete, class, identity, values | attributes {name:
                 [old, new]}, references, collections}] (values rendered and masked as

@@ -120,6 +120,7 @@ class Trace:
         self._listen(Session, "after_begin", self._begin)
         self._listen(Session, "after_commit", self._commit)
         self._listen(Session, "after_rollback", self._rollback)
+        self._listen(Session, "after_transaction_end", self._transaction_end)
         self._listen(Session, "before_flush", self._before_flush)
         self._listen(Session, "after_flush_postexec", self._after_flush)
         self._listen(Session, "do_orm_execute", self._orm_execute)
@@ -341,6 +342,13 @@ class Trace:
 
     def _rollback(self, session: Session) -> None:
         self._end(session, "rollback")
+
+    def _transaction_end(self, session: Session, transaction: Any) -> None:
+        # The outermost transaction ended: after a commit or rollback (already written:
+        # _end finds nothing), or by a close without either ("close": the connection
+        # goes back to the pool, which rolls it back). Savepoints have a parent.
+        if transaction.parent is None:
+            self._end(session, "close")
 
     def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
         if not self._wanted_session(session):
