@@ -136,9 +136,8 @@ def test_a_recording_started_and_stopped_over_http_holds_what_the_app_did(
         "SELECT", "UPDATE", "select", "select", "SELECT", "select", "select"]
     assert statements[1].startswith("UPDATE retort_customer SET name=")
     phases = [r["phase"] for r in body if r["type"] == "transaction"]
-    # rename commits; query's session is closed, which the trace does not end (no
-    # after_rollback event on close): it shows as still open at the end
-    assert phases == ["begin", "commit", "begin"]
+    # rename commits; query's session is closed without commit or rollback
+    assert phases == ["begin", "commit", "begin", "close"]
     (flush,) = [r for r in body if r["type"] == "flush"]
     assert flush["changes"] == [{"op": "update", "class": "Customer", "identity": "1",
                                  "attributes": {"name": ["'Ann'", "'Zed'"]}}]
