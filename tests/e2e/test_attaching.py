@@ -370,7 +370,9 @@ def test_gunicorn_workers_each_report_their_engines(dashboard, servers, tmp_path
     os.kill(workers[0], signal.SIGKILL)
     replacement = _until(lambda: [pid for pid in server.children() if pid not in workers])
     assert len(replacement) == 1, replacement
-    assert server.request("GET", "/notes?wait=0.3")[0] == 200
+    # it connects at its first engine: once it has served a request
+    served = _until(lambda: server.request("GET", "/notes")[2] == replacement[0], 20)
+    assert served, "the replacement worker served no request"
     now = {workers[0]: (server.pid, False), workers[1]: (server.pid, True),
            replacement[0]: (server.pid, True)}
     assert _wait(lambda: {pid: (p["ppid"], p["connected"]) for pid, p in _processes(
