@@ -19,7 +19,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ import pytest
 import tracker
 
 from .conftest import PASSWORD, ROOT, USERNAME, _free_port
+from .reading import rows as _rows, until as _until
 
 APPS = ROOT / "tests" / "e2e"          # on PYTHONPATH: ``apps.flask_app:app``
 BIN = Path(sys.executable).parent      # gunicorn, uvicorn of this environment
@@ -67,19 +67,6 @@ def _wrapped(dashboard, *command: str) -> list[str]:
 
 # -- reading the dashboard -------------------------------------------------------------
 
-def _rows(dashboard, sql: str, *args: Any) -> list[sqlite3.Row]:
-    path = Path(dashboard.env["RETORT_DATA_DIR"]) / "retort.sqlite3"
-    for _ in range(50):
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                db.row_factory = sqlite3.Row
-                return db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:  # locked by daphne's write: again
-            last = exc
-            time.sleep(0.05)
-    raise last
-
-
 def _wait(read: Callable[[], Any], expected: Any, timeout: float = 15.0) -> Any:
     """Read until ``read()`` equals ``expected``; the last reading (for the assert's
     diff) when it never does."""
@@ -89,16 +76,6 @@ def _wait(read: Callable[[], Any], expected: Any, timeout: float = 15.0) -> Any:
         if value == expected or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
-
-
-def _until(read: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Read until ``read()`` is truthy; the last reading."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def _processes(dashboard, *pids: int) -> dict[int, dict[str, Any]]:

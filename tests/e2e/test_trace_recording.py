@@ -10,16 +10,15 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import re
-import sqlite3
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.tracker.test_traces import _otlp_message
 
 from .conftest import PASSWORD, USERNAME
+from .reading import rows as _rows, until as _until
 
 
 class Browser:
@@ -62,28 +61,6 @@ class Browser:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any) -> None:
         return None
-
-
-def _rows(dashboard, sql: str, *args: Any) -> list[sqlite3.Row]:
-    path = Path(dashboard.env["RETORT_DATA_DIR"]) / "retort.sqlite3"
-    for _ in range(50):
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                db.row_factory = sqlite3.Row
-                return db.execute(sql, args).fetchall()
-        except sqlite3.OperationalError as exc:  # locked by daphne's write: again
-            last = exc
-            time.sleep(0.05)
-    raise last
-
-
-def _until(read: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def _trace(dashboard, pk: int) -> dict[str, Any]:
