@@ -53,11 +53,14 @@ def pressure_threshold(pool: Pool) -> int:
 class EngineEntry:
     """One engine (or, for a pool used without an engine, that pool alone)."""
 
-    __slots__ = ("id", "name", "engine_ref", "created", "disposed", "pool_id", "revision",
-                 "server", "statements", "sample", "locations", "__weakref__")
+    __slots__ = ("id", "ids", "name", "engine_ref", "created", "disposed", "pool_id",
+                 "revision", "server", "statements", "sample", "locations", "__weakref__")
 
     def __init__(self, engine_id: str, name: str, engine: Engine | None) -> None:
         self.id = engine_id
+        #: ``(id,)``: the engines of a session that used only this one (no tuple built
+        #: per session)
+        self.ids = (engine_id,)
         self.name = name
         self.engine_ref = weakref.ref(engine) if engine is not None else None
         self.created = time.time()

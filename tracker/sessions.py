@@ -15,6 +15,8 @@ import weakref
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm import session as _sa_session
+
 from .protocol import MAX_LIFECYCLE, MAX_SESSIONS
 from .fingerprint import cached
 from .locations import thread_name
@@ -26,6 +28,13 @@ if TYPE_CHECKING:
 IDLE, TRANSACTION, FLUSHING, CLOSED = "idle", "transaction", "flushing", "closed"
 _ref = weakref.ref
 _wall = time.time
+#: SQLAlchemy's weak references to the live sessions, by ``Session.hash_key`` (a
+#: WeakValueDictionary's ``data``, in SQLAlchemy 2.0 and 2.1): SessionEntry.ref()
+#: looks a session up there rather than each entry making a weak reference of its own
+_found = getattr(getattr(_sa_session, "_sessions", None), "data", None)
+#: without it (another SQLAlchemy), each entry gets its own weak reference
+OWN_REFS = not isinstance(_found, dict)
+_session_refs: dict[int, Any] = {} if OWN_REFS else _found
 #: an unread lifecycle is cut back to MAX_LIFECYCLE beyond this length
 _LIFECYCLE_BOUND = 4 * MAX_LIFECYCLE
 
@@ -49,10 +58,17 @@ class SessionEntry:
     (hooks) and read by the worker; fields are replaced whole or changed with single
     atomic operations (dict item, deque append).
 
-    Created for every session that begins a transaction, on the application's thread:
-    so only what differs between sessions is set here; the rest are class defaults.
+    Created for every session that begins a transaction, on the application's thread,
+    without an ``__init__`` (a Python ``__init__`` costs more than setting the fields
+    from the caller): :func:`new_entry` or the ``after_begin`` hook set what differs
+    between sessions; the rest are these class defaults.
     """
 
+    number = 0
+    key = 0                         # the session's hash_key (its key in by_id)
+    kind = "Session"
+    created = 0.0
+    thread_id = 0
     thread = ""
     task: str | None = None
     is_async = False
@@ -71,6 +87,8 @@ class SessionEntry:
     by_class: dict[str, int] = {}   # replaced, never mutated
     by_class_at = 0.0
     # for the detectors (tracker/detectors.py), created on first use:
+    first: str | None = None        # the first statement's text and parameters, kept
+    first_parameters: Any = None    # here until a second one makes ``stmts``
     stmts: "dict[str, list[Any]] | None" = None        # text -> [runs, first parameters]
     parameter_sets: "dict[tuple[str, int], int] | None" = None
     lazy: "dict[str, int] | None" = None               # relationship -> SQL lazy loads
@@ -78,40 +96,22 @@ class SessionEntry:
     in_lazy: str | None = None      # the relationship being lazily loaded now
     txn_writes = 0                  # INSERT/UPDATE/DELETE in its current transaction
     gone = False                    # out of by_id, queued in ``ended`` for the worker
-
-    def __init__(self, number: int, session: "Session", thread_id: int,
-                 task: str | None, now: float | None = None,
-                 engine_id: str | None = None, connection_id: int = 0,
-                 record_id: int = 0, last_t: float = 0.0) -> None:
-        self.number = number
-        self.ref = _ref(session)
-        self.kind = type(session).__name__
-        if now is None:
-            now = time.time()
-        self.created = now
-        self.thread_id = thread_id
-        if task is not None:
-            self.task, self.is_async = task, True
-        if engine_id is None:
-            #: id(Connection) -> (engine id, id(connection record)) for its open
-            #: transaction
-            self.conns: dict[int, tuple[str, int]] = {}
-            #: (time, kind) oldest first; trimmed to MAX_LIFECYCLE by the worker
-            self.lifecycle: list[tuple[float, str]] = []
-            return
-        # engine id, id(Connection), id(connection record), perf_counter: a session
-        # seen first at its first transaction's begin, set up in one go (by the
-        # after_begin hook, which registers it)
-        self.last_t = last_t
-        self.conns = {connection_id: (engine_id, record_id)}
-        self.lifecycle = [(now, "begin")]
-        self.state = TRANSACTION
-        self.txn_since = now
-        self.engines = (engine_id,)
+    # set on every entry (no class default: each has its own):
+    #: id(Connection) -> (engine id, id(connection record)) for its open transaction
+    conns: dict[int, tuple[str, int]]
+    #: (time, kind) oldest first; trimmed to MAX_LIFECYCLE by the worker
+    lifecycle: list[tuple[float, str]]
 
     @property
     def sid(self) -> str:
         return f"s{self.number}"
+
+    def ref(self) -> "Session | None":
+        """The session, or None once it is gone: SQLAlchemy's own weak reference to it
+        is looked up (without one, the entry is given a weak reference of its own,
+        which shadows this method)."""
+        ref = _session_refs.get(self.key)
+        return ref() if ref is not None else None
 
     def log(self, kind: str) -> None:
         lifecycle = self.lifecycle
@@ -120,9 +120,28 @@ class SessionEntry:
             del lifecycle[:-MAX_LIFECYCLE]
 
 
+def new_entry(number: int, session: "Session", key: int, thread_id: int,
+              task: str | None, now: float) -> SessionEntry:
+    """The entry of a session seen the first time outside a transaction's begin."""
+    entry = SessionEntry()
+    entry.number = number
+    entry.key = key
+    if OWN_REFS:
+        entry.ref = _ref(session)  # type: ignore[method-assign]
+    entry.kind = type(session).__name__
+    entry.created = now
+    entry.thread_id = thread_id
+    if task is not None:
+        entry.task, entry.is_async = task, True
+    entry.conns = {}
+    entry.lifecycle = []
+    return entry
+
+
 class SessionRegistry:
-    """Live sessions by ``id(session)``, and sessions' connections by ``id(Connection)``
-    (so a statement is attributed to its session)."""
+    """Live sessions by ``Session.hash_key`` (a number SQLAlchemy never gives twice in
+    a process, unlike ``id()``), and sessions' connections by ``id(Connection)`` (so a
+    statement is attributed to its session)."""
 
     def __init__(self) -> None:
         self.by_id: dict[int, SessionEntry] = {}
@@ -143,13 +162,13 @@ class SessionRegistry:
     def entry_for(self, session: "Session", thread_id: int, task: str | None,
                   now: float | None = None) -> SessionEntry:
         """The entry of ``session``, created on first sight (``now``: its wall time)."""
-        entry = self.by_id.get(id(session))
-        if entry is not None and entry.ref() is session:
-            return entry
+        key = session.hash_key
+        entry = self.by_id.get(key)
         if entry is not None:
-            self.ended.append(entry)  # a dead session whose id was reused
-        entry = SessionEntry(next(self.numbers), session, thread_id, task, now)
-        self.by_id[id(session)] = entry
+            return entry
+        entry = new_entry(next(self.numbers), session, key, thread_id, task,
+                          time.time() if now is None else now)
+        self.by_id[key] = entry
         return entry
 
     def gone(self, entry: SessionEntry) -> None:
@@ -160,8 +179,7 @@ class SessionRegistry:
         self.ended.append(entry)
 
     def get(self, session: "Session") -> SessionEntry | None:
-        entry = self.by_id.get(id(session))
-        return entry if entry is not None and entry.ref() is session else None
+        return self.by_id.get(session.hash_key)
 
     def find(self, sid: str) -> SessionEntry | None:
         for entry in list(self.by_id.values()):

@@ -182,6 +182,13 @@ def test_a_dialect_shared_by_engines_is_wrapped_once(agent, tmp_path):
     assert wrapper.__wrapped__.__func__ is type(engine.dialect).do_execute
     recorded = _queued(agent, STATEMENT)
     assert len(recorded) == 5  # each once, whichever engine ran it
+    # and under the engine that ran it (the wrapper remembers the first engine it
+    # served; the other is looked up), in any order
+    _run(other, 1)
+    _run(engine, 1)
+    assert [item[1] for item in _queued(agent, STATEMENT)[5:]] == [
+        _entry(agent, other), _entry(agent, engine)]
+    assert len({_entry(agent, engine).id, _entry(agent, other).id}) == 2
     engine.dispose()
 
 
@@ -211,6 +218,7 @@ def test_a_dialect_attribute_already_there_is_wrapped_and_restored(tmp_path):
 def test_a_wrapper_put_over_ours_stays_and_ours_passes_through(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
     handle = tracker.instrument(run_worker=False, url=None, app="a")
+    _run(engine, 1)  # ours has seen (and remembers) the engine
     ours = engine.dialect.do_execute
     seen = []
 
@@ -221,6 +229,7 @@ def test_a_wrapper_put_over_ours_stays_and_ours_passes_through(tmp_path):
     engine.dialect.do_execute = theirs
     agent = handle.agent
     tracker.uninstrument()
+    agent.recorder.clear()
     assert engine.dialect.__dict__["do_execute"] is theirs
     _run(engine, 1)
     assert seen == ["select 1"]

@@ -57,6 +57,14 @@ _get_ident = threading.get_ident
 _MISSING: Any = object()
 
 
+class _Gone:
+    pass
+
+
+#: a weak reference whose object is gone: an empty engine cache
+_NO_ENGINE = (weakref.ref(_Gone()), None)
+
+
 class EngineHooks:
     """Wrappers of each registered dialect's execute methods; each one only records."""
 
@@ -78,6 +86,9 @@ class EngineHooks:
         self._lock = threading.Lock()
         #: id(engine entry) -> statements seen since the last one sampled
         self._ticks: dict[int, int] = {}
+        #: each do_execute wrapper's cache: [(weak reference to the first engine it
+        #: served, that engine's entry)]; emptied by uninstall()
+        self._engine_caches: list[list[Any]] = []
         self._attached = False
         self.bind(recorder)
 
@@ -151,6 +162,9 @@ class EngineHooks:
         with self._lock:
             dialects = list(self._dialects.values())
             self._dialects.clear()
+            for cache in self._engine_caches:
+                cache[0] = _NO_ENGINE
+            self._engine_caches.clear()
         for ref, saved in dialects:
             dialect = ref()
             if dialect is None:
@@ -218,6 +232,12 @@ class EngineHooks:
         queue, room = self._queue, self._room
         count_error = self.recorder.count_error
         max_counted = MAX_COUNTED
+        # The engine most statements of this dialect come from (the first one seen; a
+        # dialect is shared only by engine.execution_options() copies and the like):
+        # compared by identity, it spares an id() and a dict lookup per statement.
+        cache: list[Any] = [_NO_ENGINE]
+        self._engine_caches.append(cache)
+        new_ref = weakref.ref
 
         def do_execute(cursor: Any, statement: str, parameters: Any,
                        context: Any = None) -> None:
@@ -233,7 +253,13 @@ class EngineHooks:
             now = perf_counter()
             try:
                 connection = context.root_connection
-                entry = engines.get(id(connection.engine))
+                engine = connection.engine
+                ref, entry = cache[0]
+                cached = ref()
+                if cached is not engine:
+                    entry = engines.get(id(engine))
+                    if cached is None and entry is not None:
+                        cache[0] = (new_ref(engine), entry)  # one store: threads see a pair
                 if (entry is None or not entry.statements or entry.sample != 1
                         or statement not in located):
                     # first sight of the engine or the text, switched off or sampled
@@ -249,16 +275,24 @@ class EngineHooks:
                         session.last_t = now
                         counts = session.stmts
                         if counts is None:
-                            counts = session.stmts = {}
-                        seen = counts.get(statement)
-                        if seen is None:
-                            if len(counts) < max_counted:
-                                # the first parameters are kept: a repeat compares
-                                counts[statement] = [1, parameters]
-                        else:
-                            seen[0] += 1
-                            detect.on_repeat(session, entry.id, statement, seen,
-                                             parameters, context.executemany)
+                            first = session.first
+                            if first is None:
+                                # most sessions run one statement: no dict for it
+                                session.first = statement
+                                session.first_parameters = parameters
+                            else:
+                                counts = session.stmts = {
+                                    first: [1, session.first_parameters]}
+                        if counts is not None:
+                            seen = counts.get(statement)
+                            if seen is None:
+                                if len(counts) < max_counted:
+                                    # the first parameters are kept: a repeat compares
+                                    counts[statement] = [1, parameters]
+                            else:
+                                seen[0] += 1
+                                detect.on_repeat(session, entry.id, statement, seen,
+                                                 parameters, context.executemany)
                         if context.is_crud:
                             session.txn_writes += 1
                         if session.statements == detect.per_session:
@@ -316,20 +350,27 @@ class EngineHooks:
                     session.last_t = now
                     counts = session.stmts
                     if counts is None:
-                        counts = session.stmts = {}
-                    seen = counts.get(statement)
-                    if seen is None:
-                        if len(counts) < MAX_COUNTED:
-                            # the first parameters are kept: a repeat compares with them
-                            counts[statement] = [1, parameters]
-                    else:
-                        seen[0] += 1
-                        # context.executemany: an "insertmanyvalues" batch that
-                        # SQLAlchemy runs row by row (e.g. RETURNING on SQLite) is
-                        # still one executemany for the application
-                        self.detectors.on_repeat(session, entry.id, statement, seen,
-                                                 parameters,
-                                                 executemany or context.executemany)
+                        first = session.first
+                        if first is None:
+                            # most sessions run one statement: no dict for it
+                            session.first = statement
+                            session.first_parameters = parameters
+                        else:
+                            counts = session.stmts = {first: [1, session.first_parameters]}
+                    if counts is not None:
+                        seen = counts.get(statement)
+                        if seen is None:
+                            if len(counts) < MAX_COUNTED:
+                                # the first parameters are kept: a repeat compares
+                                counts[statement] = [1, parameters]
+                        else:
+                            seen[0] += 1
+                            # context.executemany: an "insertmanyvalues" batch that
+                            # SQLAlchemy runs row by row (e.g. RETURNING on SQLite) is
+                            # still one executemany for the application
+                            self.detectors.on_repeat(session, entry.id, statement, seen,
+                                                     parameters,
+                                                     executemany or context.executemany)
                     if context.is_crud:
                         session.txn_writes += 1
                     detect = self.detectors

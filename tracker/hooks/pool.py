@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool, SingletonThreadPool
+from sqlalchemy.pool import base as _pool_base
 
 from ..locations import ALWAYS, NONE, OFF, PRESSURE
 from . import ListenerSet
@@ -54,6 +55,22 @@ _WRAPPED = "__retort_wrapped__"
 #: Checkins are recorded by a wrapper of ``Pool._return_conn`` (private, in SQLAlchemy
 #: 2.0 and 2.1), not by a ``checkin`` listener.
 CHECKIN_BY_WRAPPER = callable(getattr(Pool, "_return_conn", None))
+
+
+def _calls_only(method: Any, names: tuple[str, ...]) -> bool:
+    """True if ``method``'s body only reads ``names`` (one call: ``Pool.connect`` is
+    ``return _ConnectionFairy._checkout(self)``, ``Pool._return_conn`` is
+    ``self._do_return_conn(record)`` in SQLAlchemy 2.0 and 2.1)."""
+    code = getattr(method, "__code__", None)
+    return code is not None and code.co_names == names
+
+
+#: ``_ConnectionFairy._checkout``, which ``Pool.connect()`` calls, if it does only that:
+#: the wrapper then calls it itself (a Python frame less per checkout)
+_CHECKOUT: Any = (getattr(getattr(_pool_base, "_ConnectionFairy", None), "_checkout", None)
+                  if _calls_only(Pool.connect, ("_ConnectionFairy", "_checkout")) else None)
+#: likewise ``Pool._return_conn()`` calls ``self._do_return_conn(record)`` only
+_RETURN_DIRECT = _calls_only(getattr(Pool, "_return_conn", None), ("_do_return_conn",))
 
 
 def pool_of_record(record: Any) -> Pool | None:
@@ -191,6 +208,13 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
     if _WRAPPED in pool.__dict__:
         return
     original: Callable[[], Any] = pool.connect  # bound method of the class
+    checkout: Callable[[Pool], Any]
+    if (_CHECKOUT is not None and type(pool).connect is Pool.connect
+            and "connect" not in pool.__dict__):
+        checkout = _CHECKOUT  # what Pool.connect() itself calls
+    else:
+        def checkout(pool: Pool) -> Any:
+            return original()
     waiters = entry.waiters
     holders = entry.holders
     pressure_at = entry.pressure_at
@@ -206,7 +230,7 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
         # a thread that waits long is seen by the worker, which samples its stack
         waiters[tid] = t0
         try:
-            fairy = original()
+            fairy = checkout(pool)
         except sa_exc.TimeoutError:
             waiters.pop(tid, None)
             try:
@@ -252,6 +276,11 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
     own["connect"] = connect
     if CHECKIN_BY_WRAPPER:
         original_return: Callable[[Any], None] = pool._return_conn
+        do_return = original_return
+        if (_RETURN_DIRECT and type(pool)._return_conn is Pool._return_conn
+                and "_return_conn" not in pool.__dict__):
+            # what Pool._return_conn() itself calls: a Python frame less per checkin
+            do_return = pool._do_return_conn
 
         def _return_conn(record: Any) -> None:
             try:
@@ -264,7 +293,7 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
                     submit(item)
             except Exception as exc:
                 recorder.count_error("pool.checkin", exc)
-            original_return(record)
+            do_return(record)
 
         _return_conn.__wrapped__ = original_return  # type: ignore[attr-defined]
         own["_return_conn"] = _return_conn

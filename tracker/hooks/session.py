@@ -20,6 +20,7 @@ import asyncio
 import threading
 from asyncio import _get_running_loop  # a C function: cheap in a thread with no loop
 import time
+import weakref
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,7 +30,8 @@ from sqlalchemy.orm import strategies as _strategies
 from ..locations import NONE, OFF, describe
 from ..protocol import MAX_LIFECYCLE
 from ..rules import Finding
-from ..sessions import CLOSED, FLUSHING, IDLE, TRANSACTION, SessionEntry, drop_conns, mark_ended
+from ..sessions import (CLOSED, FLUSHING, IDLE, OWN_REFS, TRANSACTION, SessionEntry,
+                        drop_conns, mark_ended)
 from ..snapshot import identity_of, same_value
 from . import ListenerSet
 
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
     from ..sessions import SessionRegistry
 
 _get_ident = threading.get_ident
+_wall = time.time
+_ref = weakref.ref
 
 FINDING = "finding"
 #: Objects named in a lost-changes finding's evidence.
@@ -53,6 +57,10 @@ LazyLoader: Any = (getattr(_strategies, "LazyLoader", None)
 _NOTHING: frozenset[int] = frozenset()
 #: SessionEntry.log's bound on an unread lifecycle
 _LIFECYCLE_BOUND = 4 * MAX_LIFECYCLE
+
+
+class _Gone:
+    pass
 
 
 def _current_task() -> str | None:
@@ -76,7 +84,13 @@ class SessionHooks:
         self.detectors = detectors
         self._original_lazyload: Callable[..., Any] | None = None
         self.sessions = sessions
-        self._by_id = sessions.by_id  # the same dicts for the registries' life
+        # the same dicts and counter for the registries' life
+        self._by_id = sessions.by_id
+        self._by_conn = sessions.by_conn
+        self._numbers = sessions.numbers
+        #: (weak reference to the engine most sessions use, its entry): compared by
+        #: identity, it spares an id() and a dict lookup per transaction
+        self._engine_cache: tuple[Any, Any] = (_ref(_Gone()), None)
         self._engines = registry.engines
         self.finder = finder
         self.capture_locations = capture_locations
@@ -127,8 +141,8 @@ class SessionHooks:
                 if session._new or session._deleted or identity_map._modified:
                     hooks.on_close(session)
                 else:
-                    entry = by_id.get(id(session))
-                    if entry is not None and entry.ref() is session:
+                    entry = by_id.get(session.hash_key)
+                    if entry is not None:
                         if identity_map._dict:
                             closed_maps.append((entry, identity_map, _NOTHING))
                         now = clock()
@@ -153,8 +167,7 @@ class SessionHooks:
                 if session._new or session._deleted or session.identity_map._modified:
                     hooks.on_collected(session)
                     return
-                # under this id only this session's entry, or a dead one's
-                entry = by_id.pop(id(session), None)
+                entry = by_id.pop(session.hash_key, None)
                 if entry is not None:
                     if entry.conns:
                         drop_conns(hooks.sessions, entry)
@@ -222,38 +235,55 @@ class SessionHooks:
 
     def _entry(self, session: Session) -> SessionEntry:
         # the task is looked up only for a session seen the first time
-        entry = self.sessions.by_id.get(id(session))
-        if entry is None or entry.ref() is not session:
+        entry = self._by_id.get(session.hash_key)
+        if entry is None:
             task = _current_task() if _get_running_loop() is not None else None
             entry = self.sessions.entry_for(session, _get_ident(), task)
         return entry
 
     def _known(self, session: Session) -> SessionEntry | None:
-        entry = self.sessions.by_id.get(id(session))
-        return entry if entry is not None and entry.ref() is session else None
+        return self._by_id.get(session.hash_key)
 
     def _after_begin(self, session: Session, transaction: Any, connection: Any) -> None:
-        # once per transaction of every session: one clock read, no helper calls
+        # once per transaction of every session: no helper calls; a session's first
+        # transaction builds its entry here, in one go
         try:
-            sessions = self.sessions
-            by_id = sessions.by_id
-            key = id(session)
-            entry = by_id.get(key)
+            key = session.hash_key
+            entry = self._by_id.get(key)
             engine = connection.engine
-            engine_entry = self._engines.get(id(engine)) or self.registry.engine_entry(engine)
-            engine_id = engine_entry.id
-            record = getattr(connection._dbapi_connection, "_connection_record", None)
-            now = time.time()
-            if entry is None or entry.ref() is not session:
-                if entry is not None:
-                    sessions.ended.append(entry)  # a dead session whose id was reused
-                # the task is looked up only for a session seen the first time, and
-                # only in a thread that runs an event loop
-                by_id[key] = entry = SessionEntry(
-                    next(sessions.numbers), session, _get_ident(),
-                    _current_task() if _get_running_loop() is not None else None, now,
-                    engine_id, id(connection), id(record), perf_counter())
-                sessions.by_conn[id(connection)] = entry
+            ref, engine_entry = self._engine_cache
+            cached = ref()
+            if cached is not engine:
+                engine_entry = (self._engines.get(id(engine))
+                                or self.registry.engine_entry(engine))
+                if cached is None:  # the first engine seen (or it is gone)
+                    self._engine_cache = (_ref(engine), engine_entry)
+            conn_id = id(connection)
+            try:
+                record_id = id(connection._dbapi_connection._connection_record)
+            except AttributeError:
+                record_id = id(None)
+            now = _wall()
+            if entry is None:
+                entry = SessionEntry()
+                entry.number = next(self._numbers)
+                entry.key = key
+                if OWN_REFS:
+                    entry.ref = _ref(session)  # type: ignore[method-assign]
+                entry.kind = type(session).__name__
+                entry.created = entry.txn_since = now
+                entry.thread_id = _get_ident()
+                if _get_running_loop() is not None:  # the task only where a loop runs
+                    task = _current_task()
+                    if task is not None:
+                        entry.task, entry.is_async = task, True
+                entry.conns = {conn_id: (engine_entry.id, record_id)}
+                entry.lifecycle = [(now, "begin")]
+                entry.state = TRANSACTION
+                entry.engines = engine_entry.ids
+                entry.last_t = perf_counter()
+                self._by_id[key] = entry
+                self._by_conn[conn_id] = entry
                 return
             state = entry.state
             if state is IDLE or state is CLOSED or entry.txn_since is None:
@@ -266,11 +296,12 @@ class SessionHooks:
                 entry.txn_writes = 0
                 # unchecked: every transaction's end logs through log(), which bounds it
                 entry.lifecycle.append((now, "begin"))
-            entry.conns[id(connection)] = (engine_id, id(record))
+            engine_id = engine_entry.id
+            entry.conns[conn_id] = (engine_id, record_id)
             if engine_id not in entry.engines:
                 entry.engines = (*entry.engines, engine_id)
             entry.last_t = perf_counter()
-            sessions.by_conn[id(connection)] = entry
+            self._by_conn[conn_id] = entry
         except Exception as exc:
             self.recorder.count_error("session.after_begin", exc)
 
@@ -283,17 +314,16 @@ class SessionHooks:
                 parent = transaction.parent
             if parent is not None:
                 return  # a savepoint or a subtransaction ended; the session goes on
-            sessions = self.sessions
-            entry = sessions.by_id.get(id(session))
-            if entry is None or entry.ref() is not session:
+            entry = self._by_id.get(session.hash_key)
+            if entry is None:
                 return
             conns = entry.conns
             if conns:
-                by_conn = sessions.by_conn
+                by_conn = self._by_conn
                 for key in conns:  # by_conn changes, not conns
                     if by_conn.get(key) is entry:
                         del by_conn[key]
-                entry.conns = {}
+                conns.clear()
             writes = entry.txn_writes
             if writes or entry.state != CLOSED:
                 lifecycle = entry.lifecycle
@@ -312,17 +342,20 @@ class SessionHooks:
 
     def _after_commit(self, session: Session) -> None:
         try:
-            entry = self._by_id.get(id(session))
-            if entry is not None and entry.ref() is session:
+            entry = self._by_id.get(session.hash_key)
+            if entry is not None:
                 entry.commits += 1
-                entry.log("commit")
+                lifecycle = entry.lifecycle  # entry.log("commit") written out
+                lifecycle.append((_wall(), "commit"))
+                if len(lifecycle) > _LIFECYCLE_BOUND:
+                    del lifecycle[:-MAX_LIFECYCLE]
         except Exception as exc:
             self.recorder.count_error("session.after_commit", exc)
 
     def _after_rollback(self, session: Session) -> None:
         try:
-            entry = self._by_id.get(id(session))
-            if entry is not None and entry.ref() is session:
+            entry = self._by_id.get(session.hash_key)
+            if entry is not None:
                 entry.rollbacks += 1
                 entry.log("rollback")
         except Exception as exc:
@@ -333,21 +366,24 @@ class SessionHooks:
         # (the connection is taken inside the flush): registered there, at once in a
         # transaction with its begin logged.
         try:
-            entry = self._by_id.get(id(session))
-            if entry is not None and entry.ref() is session:
+            entry = self._by_id.get(session.hash_key)
+            if entry is not None:
                 entry.state = FLUSHING
         except Exception as exc:
             self.recorder.count_error("session.before_flush", exc)
 
     def _after_flush_postexec(self, session: Session, flush_context: Any) -> None:
         try:
-            entry = self._by_id.get(id(session))
-            if entry is None or entry.ref() is not session:
+            entry = self._by_id.get(session.hash_key)
+            if entry is None:
                 return
             entry.flushes += 1
             entry.state = TRANSACTION if entry.conns else IDLE
             entry.last_t = perf_counter()
-            entry.log("flush")
+            lifecycle = entry.lifecycle  # entry.log("flush") written out
+            lifecycle.append((_wall(), "flush"))
+            if len(lifecycle) > _LIFECYCLE_BOUND:
+                del lifecycle[:-MAX_LIFECYCLE]
         except Exception as exc:
             self.recorder.count_error("session.after_flush_postexec", exc)
 
@@ -371,9 +407,7 @@ class SessionHooks:
         lost = (_unflushed(session) if session._new or session._deleted or modified
                 else None)
         sessions = self.sessions
-        entry = sessions.by_id.get(id(session))
-        if entry is not None and entry.ref() is not session:
-            entry = None
+        entry = self._by_id.get(session.hash_key)
         if lost is not None:
             if entry is None:
                 entry = self._entry(session)
@@ -395,19 +429,17 @@ class SessionHooks:
     def on_collected(self, session: Session) -> None:
         """``Session.__del__``: the session is being garbage collected."""
         lost = _unflushed(session)
-        entry = self.sessions.by_id.get(id(session))
-        # a session collected as part of a reference cycle has its weak references
-        # cleared before __del__ runs: a dead entry under its id is this session's
-        if entry is not None and entry.ref() not in (None, session):
-            entry = None
+        key = session.hash_key
+        by_id = self._by_id
+        entry = by_id.get(key)
         if lost is not None:
             if entry is None:
                 entry = self.sessions.entry_for(session, _get_ident(), None)
             self._report_lost(entry, lost, "collected")
         if entry is None:
             return
-        if self.sessions.by_id.get(id(session)) is entry:
-            self.sessions.by_id.pop(id(session), None)
+        if by_id.get(key) is entry:
+            by_id.pop(key, None)
         self.sessions.gone(entry)
 
     def _report_lost(self, entry: SessionEntry,
