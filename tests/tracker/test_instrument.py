@@ -31,24 +31,30 @@ def _listeners(agent):
 
 
 def test_instrument_is_idempotent():
-    from sqlalchemy.orm import Session
+    from sqlalchemy.orm import Session, SessionTransaction
 
     original_close = Session.__dict__["close"]
+    original_transaction_close = SessionTransaction.__dict__["close"]
     first = tracker.instrument(run_worker=False, url=None, app="a")
     count = len(first.agent.listeners)
     second = tracker.instrument(run_worker=False, url=None, app="ignored")
     assert second.agent is first.agent
-    # 5 pool, 6 session listeners (checkouts, checkins and statements are wrappers)
-    assert len(first.agent.listeners) == count == 11
+    # 5 pool, 3 session listeners (after_begin, after_rollback, after_flush_postexec):
+    # checkouts, checkins and statements are wrappers, and so are transaction ends and
+    # commits (SessionTransaction.close)
+    assert len(first.agent.listeners) == count == 8
     assert Session.__dict__["close"].__wrapped__ is original_close
+    assert SessionTransaction.__dict__["close"].__wrapped__ is original_transaction_close
     assert "__del__" in Session.__dict__
     assert first.agent.config.app == "a"
     tracker.uninstrument()
     tracker.uninstrument()
     assert not tracker.is_instrumented()
-    # the Session class is as it was
+    # the Session and SessionTransaction classes are as they were
     assert Session.__dict__["close"] is original_close
     assert "__del__" not in Session.__dict__ and "__retort_patched__" not in Session.__dict__
+    assert SessionTransaction.__dict__["close"] is original_transaction_close
+    assert "__retort_patched__" not in SessionTransaction.__dict__
 
 
 def test_uninstrument_removes_every_listener_and_wrapper(tmp_path):

@@ -35,6 +35,7 @@ from sqlalchemy.engine.default import DefaultDialect
 
 from ..detectors import MAX_COUNTED
 from ..locations import OFF
+from ..sessions import FLUSHING
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -295,6 +296,12 @@ class EngineHooks:
                                                  parameters, context.executemany)
                         if context.is_crud:
                             session.txn_writes += 1
+                            if session.state is not FLUSHING:
+                                # a flush's first write: the session is "flushing"
+                                # until after_flush_postexec (no before_flush listener)
+                                owner = session.ref()
+                                if owner is not None and owner._flushing:
+                                    session.state = FLUSHING
                         if session.statements == detect.per_session:
                             detect.on_many_statements(session, entry.id)
                         if session.thread_id != _get_ident():
@@ -373,6 +380,11 @@ class EngineHooks:
                                                      executemany or context.executemany)
                     if context.is_crud:
                         session.txn_writes += 1
+                        if session.state is not FLUSHING:
+                            # a flush's first write (see the do_execute wrapper)
+                            owner = session.ref()
+                            if owner is not None and owner._flushing:
+                                session.state = FLUSHING
                     detect = self.detectors
                     if session.statements == detect.per_session:
                         detect.on_many_statements(session, entry.id)

@@ -24,7 +24,8 @@ import weakref
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import session as _sa_session
 from sqlalchemy.orm import strategies as _strategies
 
 from ..locations import NONE, OFF, describe
@@ -51,6 +52,27 @@ FINDING = "finding"
 MAX_EVIDENCE = 10
 
 _PATCHED = "__retort_patched__"
+_COMMITTED: Any = getattr(getattr(_sa_session, "SessionTransactionState", None), "COMMITTED",
+                          None)
+
+
+def _names(function: Any) -> tuple[str, ...]:
+    """The global and attribute names ``function``'s own body uses (under a decorator)."""
+    code = getattr(getattr(function, "__wrapped__", function), "__code__", None)
+    return code.co_names if code is not None else ()
+
+
+#: ``SessionTransaction.close()`` ends every transaction and, last, dispatches
+#: ``after_transaction_end``; ``commit()`` sets ``_state`` to COMMITTED, dispatches
+#: ``after_commit`` and then closes (SQLAlchemy 2.0 and 2.1). A wrapper of ``close``
+#: therefore sees both, at a Python call's cost instead of two event dispatches
+#: (SQLAlchemy's dispatch to a listener costs ~3,000 instructions, more than what the
+#: listener does). Otherwise the two listeners do it.
+TRANSACTION_CLOSE_WRAPPER = (
+    _COMMITTED is not None
+    and "after_transaction_end" in _names(SessionTransaction.__dict__.get("close"))
+    and {"after_commit", "COMMITTED", "close"} <= set(
+        _names(SessionTransaction.__dict__.get("commit"))))
 # the lazy loader strategy: LazyLoader in SQLAlchemy 2.0, _LazyLoader in 2.1
 LazyLoader: Any = (getattr(_strategies, "LazyLoader", None)
                    or getattr(_strategies, "_LazyLoader", None))
@@ -97,18 +119,21 @@ class SessionHooks:
         self.recorder = recorder
         self._original_close: Callable[..., Any] | None = None
         self._original_merge: Callable[..., Any] | None = None
+        self._original_transaction_close: Callable[..., Any] | None = None
 
     def bind(self, recorder: "Recorder") -> None:
         self.recorder = recorder
 
     def install(self, listeners: ListenerSet) -> None:
         listeners.listen(Session, "after_begin", self._after_begin)
-        listeners.listen(Session, "after_transaction_end", self._after_transaction_end)
-        listeners.listen(Session, "after_commit", self._after_commit)
         listeners.listen(Session, "after_rollback", self._after_rollback)
-        listeners.listen(Session, "before_flush", self._before_flush)
         listeners.listen(Session, "after_flush_postexec", self._after_flush_postexec)
+        # (no before_flush listener: it would make every flush look its dirty objects
+        # up twice; the statement hook marks a session "flushing" at its first write)
         self._patch()
+        if not self._patch_transaction_close():
+            listeners.listen(Session, "after_transaction_end", self._after_transaction_end)
+            listeners.listen(Session, "after_commit", self._after_commit)
 
     def uninstall(self) -> None:
         if Session.__dict__.get(_PATCHED):
@@ -123,7 +148,39 @@ class SessionHooks:
             del Session.__retort_patched__  # type: ignore[attr-defined]
             if self._original_lazyload is not None:
                 LazyLoader._emit_lazyload = self._original_lazyload  # type: ignore[method-assign]
+        if self._original_transaction_close is not None:
+            SessionTransaction.close = self._original_transaction_close  # type: ignore[method-assign]
+            if _PATCHED in SessionTransaction.__dict__:
+                delattr(SessionTransaction, _PATCHED)
         self._original_close = self._original_merge = self._original_lazyload = None
+        self._original_transaction_close = None
+
+    def _patch_transaction_close(self) -> bool:
+        """Wrap ``SessionTransaction.close`` (see TRANSACTION_CLOSE_WRAPPER); False if
+        the listeners must do its work."""
+        if not TRANSACTION_CLOSE_WRAPPER or SessionTransaction.__dict__.get(_PATCHED):
+            return False
+        original = SessionTransaction.close
+        ended = self._ended
+        committed_state = _COMMITTED
+
+        def close(transaction: Any, invalidate: bool = False) -> None:
+            # after a commit, and only then, close() finds the transaction COMMITTED
+            committed = transaction._state is committed_state
+            try:
+                original(transaction, invalidate)
+            except BaseException:
+                if committed:  # after_commit had been dispatched; the end was not
+                    ended(transaction.session, transaction, True, False)
+                raise
+            ended(transaction.session, transaction, committed, True)
+
+        close.__wrapped__ = original  # type: ignore[attr-defined]
+        close.__doc__ = original.__doc__
+        self._original_transaction_close = original
+        SessionTransaction.close = close  # type: ignore[method-assign]
+        setattr(SessionTransaction, _PATCHED, True)
+        return True
 
     def _patch(self) -> None:
         if Session.__dict__.get(_PATCHED) or "__del__" in Session.__dict__:
@@ -287,7 +344,8 @@ class SessionHooks:
                 return
             state = entry.state
             if state is IDLE or state is CLOSED or entry.txn_since is None:
-                # (a flush that begins the transaction has set FLUSHING already)
+                # (a flush's first write has set FLUSHING already: a flush writing
+                # through a second engine begins a transaction there)
                 if state is not FLUSHING:
                     entry.state = TRANSACTION
                 entry.txn_since = now
@@ -306,17 +364,36 @@ class SessionHooks:
             self.recorder.count_error("session.after_begin", exc)
 
     def _after_transaction_end(self, session: Session, transaction: Any) -> None:
+        self._ended(session, transaction, False, True)
+
+    def _after_commit(self, session: Session) -> None:
+        self._ended(session, None, True, False)
+
+    def _ended(self, session: Session, transaction: Any, committed: bool,
+               closed: bool) -> None:
+        """A transaction was committed (``committed``: after_commit) and/or closed
+        (``closed``: after_transaction_end), in that order."""
         try:
-            try:
-                # what the SessionTransaction.parent property returns (2.0 and 2.1)
-                parent = transaction._parent
-            except AttributeError:
-                parent = transaction.parent
-            if parent is not None:
-                return  # a savepoint or a subtransaction ended; the session goes on
+            parent = None
+            if closed:
+                try:
+                    # what the SessionTransaction.parent property returns (2.0 and 2.1)
+                    parent = transaction._parent
+                except AttributeError:
+                    parent = transaction.parent
+                if parent is not None and not committed:
+                    return  # a subtransaction ended; the session goes on
             entry = self._by_id.get(session.hash_key)
             if entry is None:
                 return
+            if committed:  # a transaction or a savepoint
+                entry.commits += 1
+                lifecycle = entry.lifecycle  # entry.log("commit") written out
+                lifecycle.append((_wall(), "commit"))
+                if len(lifecycle) > _LIFECYCLE_BOUND:
+                    del lifecycle[:-MAX_LIFECYCLE]
+            if not closed or parent is not None:
+                return  # (a savepoint ended: the session's transaction goes on)
             conns = entry.conns
             if conns:
                 by_conn = self._by_conn
@@ -338,19 +415,8 @@ class SessionHooks:
                         entry.log("end")  # ended without commit or rollback
             entry.txn_since = None
         except Exception as exc:
-            self.recorder.count_error("session.after_transaction_end", exc)
-
-    def _after_commit(self, session: Session) -> None:
-        try:
-            entry = self._by_id.get(session.hash_key)
-            if entry is not None:
-                entry.commits += 1
-                lifecycle = entry.lifecycle  # entry.log("commit") written out
-                lifecycle.append((_wall(), "commit"))
-                if len(lifecycle) > _LIFECYCLE_BOUND:
-                    del lifecycle[:-MAX_LIFECYCLE]
-        except Exception as exc:
-            self.recorder.count_error("session.after_commit", exc)
+            self.recorder.count_error(
+                "session.after_transaction_end" if closed else "session.after_commit", exc)
 
     def _after_rollback(self, session: Session) -> None:
         try:
@@ -360,17 +426,6 @@ class SessionHooks:
                 entry.log("rollback")
         except Exception as exc:
             self.recorder.count_error("session.after_rollback", exc)
-
-    def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
-        # A session not seen yet is left to after_begin, which its flush runs first
-        # (the connection is taken inside the flush): registered there, at once in a
-        # transaction with its begin logged.
-        try:
-            entry = self._by_id.get(session.hash_key)
-            if entry is not None:
-                entry.state = FLUSHING
-        except Exception as exc:
-            self.recorder.count_error("session.before_flush", exc)
 
     def _after_flush_postexec(self, session: Session, flush_context: Any) -> None:
         try:
