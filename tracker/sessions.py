@@ -96,15 +96,39 @@ class SessionEntry:
     in_lazy: str | None = None      # the relationship being lazily loaded now
     txn_writes = 0                  # INSERT/UPDATE/DELETE in its current transaction
     gone = False                    # out of by_id, queued in ``ended`` for the worker
+    # the connections of its open transaction, written by the hooks: most sessions
+    # have one, kept as one tuple (no dict per transaction); both replaced whole
+    #: (id(Connection), engine id, id(connection record)) of the first, or None
+    conn: tuple[int, str, int] | None = None
+    #: id(Connection) -> (engine id, id(connection record)) of any others
+    more_conns: "dict[int, tuple[str, int]] | None" = None
     # set on every entry (no class default: each has its own):
-    #: id(Connection) -> (engine id, id(connection record)) for its open transaction
-    conns: dict[int, tuple[str, int]]
     #: (time, kind) oldest first; trimmed to MAX_LIFECYCLE by the worker
     lifecycle: list[tuple[float, str]]
 
     @property
     def sid(self) -> str:
         return f"s{self.number}"
+
+    @property
+    def conns(self) -> dict[int, tuple[str, int]]:
+        """id(Connection) -> (engine id, id(connection record)) for its open
+        transaction (a copy: for readers)."""
+        conn, more = self.conn, self.more_conns
+        conns = {conn[0]: (conn[1], conn[2])} if conn is not None else {}
+        if more:
+            conns.update(more)
+        return conns
+
+    def add_conn(self, conn_id: int, engine_id: str, record_id: int) -> None:
+        """One more connection for its transaction (by the thread using the session)."""
+        conn = self.conn
+        if conn is None or conn[0] == conn_id:
+            self.conn = (conn_id, engine_id, record_id)
+        else:
+            more = dict(self.more_conns or ())
+            more[conn_id] = (engine_id, record_id)
+            self.more_conns = more
 
     def ref(self) -> "Session | None":
         """The session, or None once it is gone: SQLAlchemy's own weak reference to it
@@ -133,7 +157,6 @@ def new_entry(number: int, session: "Session", key: int, thread_id: int,
     entry.thread_id = thread_id
     if task is not None:
         entry.task, entry.is_async = task, True
-    entry.conns = {}
     entry.lifecycle = []
     return entry
 
@@ -305,7 +328,7 @@ class SessionReporter:
         repeats = _repeats(entry)
         if repeats:
             summary["repeats"] = repeats
-        if locate is not None and entry.conns:
+        if locate is not None and (entry.conn is not None or entry.more_conns):
             found = locate(entry)
             if found is not None:
                 stack, sampled = found
@@ -441,7 +464,12 @@ def mark_ended(entry: SessionEntry, how: str) -> None:
 
 
 def drop_conns(registry: SessionRegistry, entry: SessionEntry) -> None:
-    for key in list(entry.conns):
-        if registry.by_conn.get(key) is entry:
-            registry.by_conn.pop(key, None)
-    entry.conns = {}
+    """Forget the connections of the entry's transaction (and their by_conn items)."""
+    by_conn = registry.by_conn
+    conn, more = entry.conn, entry.more_conns
+    entry.conn = entry.more_conns = None
+    if conn is not None and by_conn.get(conn[0]) is entry:
+        by_conn.pop(conn[0], None)
+    for key in more or ():
+        if by_conn.get(key) is entry:
+            by_conn.pop(key, None)

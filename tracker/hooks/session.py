@@ -226,7 +226,7 @@ class SessionHooks:
                     return
                 entry = by_id.pop(session.hash_key, None)
                 if entry is not None:
-                    if entry.conns:
+                    if entry.conn is not None:
                         drop_conns(hooks.sessions, entry)
                     if entry.sent is not None or entry.noteworthy:
                         hooks.sessions.gone(entry)
@@ -334,7 +334,7 @@ class SessionHooks:
                     task = _current_task()
                     if task is not None:
                         entry.task, entry.is_async = task, True
-                entry.conns = {conn_id: (engine_entry.id, record_id)}
+                entry.conn = (conn_id, engine_entry.id, record_id)
                 entry.lifecycle = [(now, "begin")]
                 entry.state = TRANSACTION
                 entry.engines = engine_entry.ids
@@ -355,7 +355,7 @@ class SessionHooks:
                 # unchecked: every transaction's end logs through log(), which bounds it
                 entry.lifecycle.append((now, "begin"))
             engine_id = engine_entry.id
-            entry.conns[conn_id] = (engine_id, record_id)
+            entry.add_conn(conn_id, engine_id, record_id)
             if engine_id not in entry.engines:
                 entry.engines = (*entry.engines, engine_id)
             entry.last_t = perf_counter()
@@ -394,13 +394,15 @@ class SessionHooks:
                     del lifecycle[:-MAX_LIFECYCLE]
             if not closed or parent is not None:
                 return  # (a savepoint ended: the session's transaction goes on)
-            conns = entry.conns
-            if conns:
-                by_conn = self._by_conn
-                for key in conns:  # by_conn changes, not conns
-                    if by_conn.get(key) is entry:
-                        del by_conn[key]
-                conns.clear()
+            conn = entry.conn
+            if conn is not None:
+                if entry.more_conns:
+                    drop_conns(self.sessions, entry)
+                else:
+                    entry.conn = None
+                    by_conn = self._by_conn
+                    if by_conn.get(conn[0]) is entry:
+                        del by_conn[conn[0]]
             writes = entry.txn_writes
             if writes or entry.state != CLOSED:
                 lifecycle = entry.lifecycle
@@ -433,7 +435,7 @@ class SessionHooks:
             if entry is None:
                 return
             entry.flushes += 1
-            entry.state = TRANSACTION if entry.conns else IDLE
+            entry.state = TRANSACTION if entry.conn is not None else IDLE
             entry.last_t = perf_counter()
             lifecycle = entry.lifecycle  # entry.log("flush") written out
             lifecycle.append((_wall(), "flush"))
