@@ -35,7 +35,7 @@ from sqlalchemy.engine.default import DefaultDialect
 
 from ..detectors import MAX_COUNTED
 from ..locations import OFF
-from ..sessions import FLUSHING
+from ..sessions import FLUSHING, _session_refs
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -233,6 +233,7 @@ class EngineHooks:
         queue, room = self._queue, self._room
         count_error = self.recorder.count_error
         max_counted = MAX_COUNTED
+        session_refs = _session_refs
         # The engine most statements of this dialect come from (the first one seen; a
         # dialect is shared only by engine.execution_options() copies and the like):
         # compared by identity, it spares an id() and a dict lookup per statement.
@@ -299,7 +300,8 @@ class EngineHooks:
                             if session.state is not FLUSHING:
                                 # a flush's first write: the session is "flushing"
                                 # until after_flush_postexec (no before_flush listener)
-                                owner = session.ref()
+                                ref = session_refs.get(session.key)  # session.ref()
+                                owner = ref() if ref is not None else session.ref()
                                 if owner is not None and owner._flushing:
                                     session.state = FLUSHING
                         if session.statements == detect.per_session:

@@ -162,18 +162,30 @@ class SessionHooks:
             return False
         original = SessionTransaction.close
         ended = self._ended
+        hooks = self
         committed_state = _COMMITTED
 
         def close(transaction: Any, invalidate: bool = False) -> None:
             # after a commit, and only then, close() finds the transaction COMMITTED
-            committed = transaction._state is committed_state
+            try:
+                committed = transaction._state is committed_state
+            except Exception:  # nothing the agent reads may raise into the application
+                committed = False
             try:
                 original(transaction, invalidate)
             except BaseException:
                 if committed:  # after_commit had been dispatched; the end was not
-                    ended(transaction.session, transaction, True, False)
+                    try:
+                        ended(transaction.session, transaction, True, False)
+                    except Exception as exc:
+                        hooks.recorder.count_error("session.after_commit", exc)
                 raise
-            ended(transaction.session, transaction, committed, True)
+            try:
+                if committed or transaction._parent is None:
+                    ended(transaction.session, transaction, committed, True)
+                # else a flush's subtransaction, or a savepoint rolled back: nothing to do
+            except Exception as exc:
+                hooks.recorder.count_error("session.after_transaction_end", exc)
 
         close.__wrapped__ = original  # type: ignore[attr-defined]
         close.__doc__ = original.__doc__
