@@ -176,13 +176,14 @@ class SessionHooks:
             except BaseException:
                 if committed:  # after_commit had been dispatched; the end was not
                     try:
-                        ended(transaction.session, transaction, True, False)
+                        ended(transaction.session, True, False)
                     except Exception as exc:
                         hooks.recorder.count_error("session.after_commit", exc)
                 raise
             try:
-                if committed or transaction._parent is None:
-                    ended(transaction.session, transaction, committed, True)
+                root = transaction._parent is None
+                if committed or root:
+                    ended(transaction.session, committed, root)
                 # else a flush's subtransaction, or a savepoint rolled back: nothing to do
             except Exception as exc:
                 hooks.recorder.count_error("session.after_transaction_end", exc)
@@ -376,25 +377,26 @@ class SessionHooks:
             self.recorder.count_error("session.after_begin", exc)
 
     def _after_transaction_end(self, session: Session, transaction: Any) -> None:
-        self._ended(session, transaction, False, True)
+        try:
+            try:
+                # what the SessionTransaction.parent property returns (2.0 and 2.1)
+                parent = transaction._parent
+            except AttributeError:
+                parent = transaction.parent
+        except Exception as exc:
+            self.recorder.count_error("session.after_transaction_end", exc)
+            return
+        if parent is None:  # else a savepoint or a subtransaction ended
+            self._ended(session, False, True)
 
     def _after_commit(self, session: Session) -> None:
-        self._ended(session, None, True, False)
+        self._ended(session, True, False)
 
-    def _ended(self, session: Session, transaction: Any, committed: bool,
-               closed: bool) -> None:
-        """A transaction was committed (``committed``: after_commit) and/or closed
-        (``closed``: after_transaction_end), in that order."""
+    def _ended(self, session: Session, committed: bool, root_closed: bool) -> None:
+        """A transaction or savepoint was committed (``committed``: after_commit) and/or
+        the session's transaction closed (``root_closed``: after_transaction_end of a
+        transaction without a parent), in that order."""
         try:
-            parent = None
-            if closed:
-                try:
-                    # what the SessionTransaction.parent property returns (2.0 and 2.1)
-                    parent = transaction._parent
-                except AttributeError:
-                    parent = transaction.parent
-                if parent is not None and not committed:
-                    return  # a subtransaction ended; the session goes on
             entry = self._by_id.get(session.hash_key)
             if entry is None:
                 return
@@ -404,8 +406,8 @@ class SessionHooks:
                 lifecycle.append((_wall(), "commit"))
                 if len(lifecycle) > _LIFECYCLE_BOUND:
                     del lifecycle[:-MAX_LIFECYCLE]
-            if not closed or parent is not None:
-                return  # (a savepoint ended: the session's transaction goes on)
+            if not root_closed:
+                return  # a savepoint ended: the session's transaction goes on
             conn = entry.conn
             if conn is not None:
                 if entry.more_conns:
@@ -430,7 +432,8 @@ class SessionHooks:
             entry.txn_since = None
         except Exception as exc:
             self.recorder.count_error(
-                "session.after_transaction_end" if closed else "session.after_commit", exc)
+                "session.after_transaction_end" if root_closed else "session.after_commit",
+                exc)
 
     def _after_rollback(self, session: Session) -> None:
         try:
