@@ -8,7 +8,6 @@ import weakref
 import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
 import tracker

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..locations import LocationFinder
     from ..recorder import Recorder
     from ..registry import EngineEntry, PoolEntry, Registry
-    from ..sessions import SessionEntry, SessionRegistry
+    from ..sessions import SessionRegistry
 
 STATEMENT = "statement"
 STATEMENT_ERROR = "statement_error"
