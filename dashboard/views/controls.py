@@ -18,6 +18,7 @@ from tracker.switches import SWITCHES, SwitchError
 from .. import groups, toggles
 from ..live import controls
 from ..models import App, Process
+from .refusal import not_allowed
 
 CONFIRM = "yes"
 
@@ -81,8 +82,7 @@ def toggle_change(request: HttpRequest, pk: int) -> HttpResponse:
         toggles.refuse(app, request.user, **(asked or {
             "scope": request.POST.get("scope", ""), "target": request.POST.get("target", ""),
             "switch": request.POST.get("switch", ""), "value": request.POST.get("value")}))
-        return render(request, "dashboard/controls_refused.html",
-                      {"app": app, "reason": toggles.NO_PERMISSION}, status=403)
+        return not_allowed(request, app, "controls")
     if not error:
         try:
             toggles.check(app, **asked)

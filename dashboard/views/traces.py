@@ -24,6 +24,7 @@ from tracker.traces.otlp import iter_otlp
 from .. import groups, toggles, traces, traces_store, traces_timeline
 from ..live import traces as pages
 from ..models import App, AuditLog, Trace
+from .refusal import not_allowed
 
 #: format -> (content type, file name suffix)
 FORMATS = {"jsonl": ("application/x-ndjson", ".jsonl"),
@@ -52,8 +53,7 @@ def trace_start(request: HttpRequest, pk: int) -> HttpResponse:
     if not toggles.can_operate(request.user):
         traces.refuse(app, request.user, "start",
                       f"Recording {values.name!r} ({values.scope})")
-        return render(request, "dashboard/trace_refused.html",
-                      {"app": app, "reason": toggles.NO_PERMISSION}, status=403)
+        return not_allowed(request, app, "traces")
     try:
         started = traces.start(app, request.user, pages.asked(app, values))
     except traces.RecordError as exc:
@@ -72,8 +72,7 @@ def trace_stop(request: HttpRequest, pk: int) -> HttpResponse:
     if not toggles.can_operate(request.user):
         traces.refuse(trace.app, request.user, "stop",
                       f"Recording {trace.name!r} of {traces.describe(trace)}")
-        return render(request, "dashboard/trace_refused.html",
-                      {"app": trace.app, "reason": toggles.NO_PERMISSION}, status=403)
+        return not_allowed(request, trace.app, "traces")
     stopped = traces.stop(trace, request.user)
     toggles.send(stopped.messages, groups.app_traces(trace.app_id))
     messages.success(request, f"{stopped.entry.target}: {stopped.entry.result}.")

@@ -302,6 +302,29 @@ async def send_and_settle(communicator: WebsocketCommunicator,
     assert await communicator.receive_nothing(timeout=0.3) is True
 
 
+async def group_send(messages) -> None:
+    """Send (group, message) pairs on the channel layer, as the dashboard's views do."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    for group, message in messages:
+        await layer.group_send(group, message)
+
+
+async def next_control(agent: WebsocketCommunicator) -> dict[str, Any]:
+    """The next frame the agent socket gets, decoded as a ``control``."""
+    return protocol.decode(await agent.receive_from(timeout=2),
+                           allowed=frozenset({"control"}))
+
+
+@sync_to_async
+def process_of(pk: int):
+    """The stored Process ``pk``, fresh from the database."""
+    from dashboard.models import Process
+
+    return Process.objects.get(pk=pk)
+
+
 # -- browser sockets ----------------------------------------------------------------
 
 ORIGIN = (b"origin", b"http://127.0.0.1")

@@ -8,14 +8,13 @@ import re
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 
 from dashboard import groups, toggles
-from dashboard.models import Process, ToggleDelivery
-from tracker import protocol
+from dashboard.models import ToggleDelivery
 
 from .conftest import (
-    ORIGIN, frame, hello_and_controls, hello_msg, join, live, open_agent, second_process,
+    ORIGIN, frame, group_send, hello_and_controls, hello_msg, join, live, next_control,
+    open_agent, process_of, second_process,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,22 +38,6 @@ def change(app, user, **setting):
 def delivery_rows() -> list[tuple]:
     return list(ToggleDelivery.objects.order_by("toggle_id", "process__host")
                 .values_list("toggle_id", "process__host", "revision", "status", "reason"))
-
-
-@sync_to_async
-def process_of(pk: int) -> Process:
-    return Process.objects.get(pk=pk)
-
-
-async def send(messages) -> None:
-    layer = get_channel_layer()
-    for group, message in messages:
-        await layer.group_send(group, message)
-
-
-async def control(agent) -> dict:
-    return protocol.decode(await agent.receive_from(timeout=2),
-                           allowed=frozenset({"control"}))
 
 
 async def test_a_new_agent_gets_no_setting_but_an_empty_sync(shop):
@@ -125,8 +108,8 @@ async def test_a_change_reaches_the_agent_and_its_ack_the_controls_page(
 
     result = await change(shop.app, operator, scope="app", target="", switch="parameters",
                           value=True)
-    await send(result.messages)
-    frame_in = await control(agent)
+    await group_send(result.messages)
+    frame_in = await next_control(agent)
     assert frame_in == {"v": 1, "t": "control", "id": f"toggle:{result.toggle.pk}:1",
                         "action": "set", "args": {"scope": "app", "target": "",
                                                   "switch": "parameters", "value": True}}
@@ -152,8 +135,8 @@ async def test_an_applied_ack_and_a_sync_ack(shop, operator):
     welcome, controls = await hello_and_controls(agent)
     result = await change(shop.app, operator, scope="engine", target=ENGINE,
                           switch="statements", value=False)
-    await send(result.messages)
-    sent = await control(agent)
+    await group_send(result.messages)
+    sent = await next_control(agent)
     await agent.send_to(bytes_data=frame({"t": "ack", "id": sent["id"], "status": "applied"}))
     await agent.send_to(bytes_data=frame({"t": "ack", "id": controls[-1]["id"],
                                           "status": "applied"}))
@@ -191,8 +174,8 @@ async def test_engine_and_session_pages_show_their_quick_toggles_live(
 
     result = await change(shop.app, operator, scope="engine", target=ENGINE,
                           switch="statements", value=False)
-    await send(result.messages)
-    sent = await control(agent)
+    await group_send(result.messages)
+    sent = await next_control(agent)
     await agent.send_to(bytes_data=frame({"t": "ack", "id": sent["id"], "status": "applied"}))
 
     def quick(html: str) -> str:

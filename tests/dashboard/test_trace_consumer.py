@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 
 from dashboard import groups, traces, traces_store
 from dashboard.models import AuditLog, Trace
@@ -16,7 +15,10 @@ from tracker import protocol
 from tracker.traces import jsonl
 
 from . import trace_records as tr
-from .conftest import ORIGIN, frame, join, live, open_agent, say_hello, second_process
+from .conftest import (
+    ORIGIN, frame, group_send, join, live, next_control, open_agent, process_of, say_hello,
+    second_process,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,24 +44,6 @@ def trace_row(pk: int) -> Trace:
     return Trace.objects.get(pk=pk)
 
 
-@sync_to_async
-def process_of(pk: int):
-    from dashboard.models import Process
-
-    return Process.objects.get(pk=pk)
-
-
-async def send(messages) -> None:
-    layer = get_channel_layer()
-    for group, message in messages:
-        await layer.group_send(group, message)
-
-
-async def control(agent) -> dict:
-    return protocol.decode(await agent.receive_from(timeout=2),
-                           allowed=frozenset({"control"}))
-
-
 async def recording(shop, operator, **asked):
     """A connected agent of shop, and a recording of its process started: (agent
     socket, trace pk as the wire names it, the trace row)."""
@@ -68,7 +52,7 @@ async def recording(shop, operator, **asked):
     process = await process_of(welcome["process"])
     started = await start(shop.app, operator, scope="process", name="checkout",
                           process=process, **asked)
-    await send(started.messages)
+    await group_send(started.messages)
     (trace,) = started.traces
     return agent, str(trace.pk), trace
 
@@ -81,7 +65,7 @@ def lines(path) -> list[dict]:
 async def test_the_record_control_reaches_the_agent_and_frames_fill_the_file(
         shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    assert await control(agent) == {
+    assert await next_control(agent) == {
         "v": 1, "t": "control", "id": f"record:{trace.pk}:start", "action": "record",
         "args": {"trace": wire, "action": "start", "name": "checkout", "max_seconds": 600.0}}
 
@@ -104,7 +88,7 @@ async def test_the_record_control_reaches_the_agent_and_frames_fill_the_file(
 
 async def test_duplicates_are_ignored_and_gaps_counted(shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     body = tr.body()
     await agent.send_to(bytes_data=frame(tr.trace_msg(wire, 1, [tr.header(wire), *body[:3]])))
     # the same frame again (a resend), then frame 3: frame 2 never came
@@ -129,7 +113,7 @@ async def test_duplicates_are_ignored_and_gaps_counted(shop, operator, traces_di
 async def test_a_malformed_record_refuses_the_frame_and_stores_nothing(
         shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     broken = tr.body()
     del broken[4]["dur"]
     await agent.send_to(bytes_data=frame(tr.trace_msg(wire, 1, [tr.header(wire), *broken])))
@@ -163,7 +147,7 @@ def test_check_record_accepts_every_record_of_the_format():
 async def test_frames_of_another_process_or_an_ended_trace_are_ignored(
         shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     other = await sync_to_async(second_process)(shop.app)
     started = await start(shop.app, operator, scope="process", name="theirs", process=other)
     theirs = str(started.traces[0].pk)
@@ -178,7 +162,7 @@ async def test_frames_of_another_process_or_an_ended_trace_are_ignored(
 
 async def test_a_trace_whose_header_never_came_fails(shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     await agent.send_to(bytes_data=frame(tr.trace_msg(wire, 2, tr.body()[:2])))
     assert await agent.receive_nothing(timeout=0.3) is True
     row = await trace_row(trace.pk)
@@ -192,13 +176,13 @@ async def test_over_the_size_cap_the_trace_is_truncated_and_the_agent_asked_to_s
         shop, operator, traces_dir, settings):
     cap = len(jsonl.line(tr.header("1"))) + sum(len(jsonl.line(r)) for r in tr.BODY[:3])
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     header = tr.header(wire)
     # the header line is as long as with trace "1" as long as the pk has one digit
     settings.RETORT = {"TRACES_DIR": str(traces_dir),
                        "TRACE_MAX_BYTES": cap + len(wire) - 1}
     await agent.send_to(bytes_data=frame(tr.trace_msg(wire, 1, [header, *tr.body()])))
-    assert await control(agent) == {
+    assert await next_control(agent) == {
         "v": 1, "t": "control", "id": f"record:{trace.pk}:stop", "action": "record",
         "args": {"trace": wire, "action": "stop"}}
     row = await trace_row(trace.pk)
@@ -217,7 +201,7 @@ async def test_over_the_size_cap_the_trace_is_truncated_and_the_agent_asked_to_s
 
 async def test_a_refused_start_fails_the_trace_and_is_audited(shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    request = await control(agent)
+    request = await next_control(agent)
     await agent.send_to(bytes_data=frame({"t": "ack", "id": request["id"],
                                           "status": "refused",
                                           "reason": "no live session s9 in this process"}))
@@ -234,7 +218,7 @@ async def test_a_refused_start_fails_the_trace_and_is_audited(shop, operator, tr
 
 async def test_an_applied_ack_changes_nothing(shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    request = await control(agent)
+    request = await next_control(agent)
     await agent.send_to(bytes_data=frame({"t": "ack", "id": request["id"],
                                           "status": "applied"}))
     assert await agent.receive_nothing(timeout=0.3) is True
@@ -245,7 +229,7 @@ async def test_an_applied_ack_changes_nothing(shop, operator, traces_dir):
 async def test_an_open_traces_page_shows_the_records_as_they_arrive(
         shop, operator, traces_dir, session_cookie):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     page = live(f"/ws/live/app/{shop.app.pk}/traces/", ORIGIN, session_cookie)
     await join(page, groups.app_traces(shop.app.pk))
     # one render right away: what came before the socket joined is shown
@@ -268,7 +252,7 @@ async def test_an_open_traces_page_shows_the_records_as_they_arrive(
 async def test_an_open_trace_page_follows_its_status(shop, operator, traces_dir,
                                                     session_cookie):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     page = live(f"/ws/live/trace/{trace.pk}/", ORIGIN, session_cookie)
     await join(page, groups.app_traces(shop.app.pk))
     first = await page.receive_from(timeout=2)
@@ -315,10 +299,10 @@ def test_lines_whose_row_never_committed_are_cut_before_the_next_frame(
 
 async def test_a_refused_stop_of_a_trace_still_recording_fails_it(shop, operator, traces_dir):
     agent, wire, trace = await recording(shop, operator)
-    await control(agent)
+    await next_control(agent)
     stopped = await sync_to_async(traces.stop)(await trace_row(trace.pk), operator)
-    await send(stopped.messages)
-    request = await control(agent)
+    await group_send(stopped.messages)
+    request = await next_control(agent)
     assert request["id"] == f"record:{trace.pk}:stop"
     await agent.send_to(bytes_data=frame({"t": "ack", "id": request["id"], "status": "refused",
                                           "reason": f"no recording {wire} in this process"}))
