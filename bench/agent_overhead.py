@@ -34,6 +34,16 @@ How to run it
 
     ``--budget 1.05`` sets the pass mark; the exit status is 0 for PASS, 1 for FAIL.
 
+    ``--url ws://127.0.0.1:8123/ws/agent/ --token T`` streams the 'on' runs to a real
+    dashboard, as in production: the worker then also builds and sends state frames
+    (sessions, findings) every 0.5 s. Each 'on' run waits for its fresh agent to be
+    welcomed before timing. A dashboard for it::
+
+        RETORT_DATA_DIR=/tmp/bench-dash .venv/bin/python manage.py demo --no-app \
+            --port 8123 --password bench-pass-123 &
+        RETORT_DATA_DIR=/tmp/bench-dash .venv/bin/python manage.py \
+            create_agent_token retort-bench --quiet
+
 How to read it
     One line per workload: the median time per operation (µs) with the agent off
     and on, then ``ratio``, the median over rounds of the per-round ratio on/off
@@ -244,16 +254,35 @@ def restore_event_flags() -> None:
             cls._has_events = original
 
 
+#: (url, token) of a dashboard the 'on' runs stream to; None: no dashboard (--url)
+DASHBOARD: tuple[str, str] | None = None
+#: Seconds an 'on' run waits for the fresh agent to be welcomed by the dashboard.
+CONNECT_TIMEOUT = 10.0
+
+
 def set_agent(on: bool, errors: AgentErrors) -> None:
-    """Off: uninstrument. On: a fresh agent (worker running, no dashboard), so that
-    every 'on' run starts from the same state."""
+    """Off: uninstrument. On: a fresh agent (worker running; streaming to DASHBOARD
+    when set, connected before this returns), so that every 'on' run starts from the
+    same state."""
     errors.collect()
     tracker.uninstrument()
     restore_event_flags()
-    if on:
+    if not on:
+        return
+    if DASHBOARD is None:
         tracker.instrument(url=None)
-        if not tracker.is_instrumented():
-            raise SystemExit("tracker.instrument() did not attach (RETORT_ENABLED=0?)")
+    else:
+        tracker.instrument(url=DASHBOARD[0], token=DASHBOARD[1], app="retort-bench")
+    if not tracker.is_instrumented():
+        raise SystemExit("tracker.instrument() did not attach (RETORT_ENABLED=0?)")
+    if DASHBOARD is not None:
+        transport = tracker.current_agent().worker.transport
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not transport.connected:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the agent did not connect to {DASHBOARD[0]} within "
+                                 f"{CONNECT_TIMEOUT:.0f} s (token? see the dashboard log)")
+            time.sleep(0.02)
 
 
 def timed_run(engine: Engine, workload: Workload, ops: int, start: int) -> float:
@@ -346,6 +375,7 @@ def to_json(results: list[Result], args: argparse.Namespace, overall: float,
     return {
         "benchmark": "agent_overhead",
         "rounds": args.rounds,
+        "dashboard": args.url,
         "ops": args.ops,
         "budget": args.budget,
         "overall_ratio": overall,
@@ -385,20 +415,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also write the results as JSON to PATH")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"largest acceptable overall ratio (default {DEFAULT_BUDGET})")
+    parser.add_argument("--url", help="stream the 'on' runs to this dashboard "
+                        "(ws://127.0.0.1:8000/ws/agent/); default: no dashboard")
+    parser.add_argument("--token", default=os.environ.get("RETORT_TOKEN", ""),
+                        help="the agent token for --url (default: $RETORT_TOKEN)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.ops < 1:
         parser.error("--rounds and --ops must be at least 1")
+    if args.url and not args.token:
+        parser.error("--url needs --token (or RETORT_TOKEN)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DASHBOARD
     args = parse_args(argv)
+    DASHBOARD = (args.url, args.token) if args.url else None
     started = time.perf_counter()
     errors = AgentErrors()
     print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
           f"tracker {tracker.__version__}, {os.cpu_count()} CPUs; "
-          f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {args.ops} ops, off and on",
-          flush=True)
+          f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {args.ops} ops, off and on; "
+          f"dashboard: {args.url or 'none'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="retort-bench-") as tmp:
         engine = make_engine(Path(tmp) / "bench.db")
         print(f"engine: {engine.url} pool={type(engine.pool).__name__}", flush=True)
