@@ -120,9 +120,13 @@ class Detectors:
     # -- statements of a session ------------------------------------------------------
 
     def on_repeat(self, session: "SessionEntry", engine_id: str, statement: str,
-                  record: list[Any], parameters: Any, executemany: bool) -> None:
+                  record: list[Any], parameters: Any, context: Any,
+                  executemany: bool = False) -> None:
         """``statement`` ran again in ``session``: ``record`` is [times run so far
-        (≥ 2), the parameters of its first run]."""
+        (≥ 2), the parameters of its first run]. ``context`` is its execution context:
+        an "insertmanyvalues" batch that SQLAlchemy runs row by row (e.g. RETURNING
+        on SQLite) is still one executemany for the application (read only for a
+        write: ``context.executemany`` is a property)."""
         seen = record[0]
         if session.in_lazy is not None:
             return  # counted as a lazy load: see on_lazy_load
@@ -163,7 +167,8 @@ class Detectors:
                                               parameters, count)
                 return
             self._count_parameters(session, engine_id, statement, parameters)
-        elif op in ("insert", "update") and not executemany and seen == self.row_by_row:
+        elif (op in ("insert", "update") and seen == self.row_by_row
+              and not (executemany or context.executemany)):
             if self.once(session, ("rows", statement)):
                 fp = fingerprint(statement)
                 self.report(Finding(

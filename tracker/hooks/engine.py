@@ -294,7 +294,7 @@ class EngineHooks:
                             else:
                                 seen[0] += 1
                                 detect.on_repeat(session, entry.id, statement, seen,
-                                                 parameters, context.executemany)
+                                                 parameters, context)
                         if context.is_crud:
                             session.txn_writes += 1
                             if session.state is not FLUSHING:
@@ -374,12 +374,8 @@ class EngineHooks:
                                 counts[statement] = [1, parameters]
                         else:
                             seen[0] += 1
-                            # context.executemany: an "insertmanyvalues" batch that
-                            # SQLAlchemy runs row by row (e.g. RETURNING on SQLite) is
-                            # still one executemany for the application
                             self.detectors.on_repeat(session, entry.id, statement, seen,
-                                                     parameters,
-                                                     executemany or context.executemany)
+                                                     parameters, context, executemany)
                     if context.is_crud:
                         session.txn_writes += 1
                         if session.state is not FLUSHING:
