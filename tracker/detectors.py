@@ -150,22 +150,6 @@ class Detectors:
             if seen == 2:  # the first run is compared too
                 self._count_parameters(session, engine_id, statement, record[1])
                 record[1] = None
-            # _count_parameters() written out for hashable parameters (a tuple: the
-            # positional drivers) whose set is counted already or fits
-            counts = session.parameter_sets
-            try:
-                key = (statement, hash(parameters))
-            except TypeError:
-                counts = None
-            if counts is not None:
-                count = counts.get(key)
-                if count is not None or len(counts) < MAX_COUNTED:
-                    count = 1 if count is None else count + 1
-                    counts[key] = count
-                    if count == self.repeated:
-                        self._report_repeated(session, engine_id, statement, key,
-                                              parameters, count)
-                return
             self._count_parameters(session, engine_id, statement, parameters)
         elif (op in ("insert", "update") and seen == self.row_by_row
               and not (executemany or context.executemany)):
@@ -196,23 +180,17 @@ class Detectors:
             seen = 0
         seen += 1
         counts[key] = seen
-        if seen == self.repeated:
-            self._report_repeated(session, engine_id, statement, key, parameters, seen)
-
-    def _report_repeated(self, session: "SessionEntry", engine_id: str, statement: str,
-                         key: tuple[str, int], parameters: Any, seen: int) -> None:
-        if not self.once(session, ("repeated", key)):
-            return
-        fp = fingerprint(statement)
-        evidence = {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
-                    "table": fp.table}
-        if self.parameters_allowed(engine_id):
-            evidence["params"] = self.redactor.parameters(parameters, None)
-        self.report(Finding(
-            "repeated-query",
-            f"the same SELECT on {fp.table or 'a table'} with the same parameters ran "
-            f"{seen} times in session {session.sid}: run it once and keep the result",
-            evidence, engine=engine_id, session=session.sid))
+        if seen == self.repeated and self.once(session, ("repeated", key)):
+            fp = fingerprint(statement)
+            evidence = {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
+                        "table": fp.table}
+            if self.parameters_allowed(engine_id):
+                evidence["params"] = self.redactor.parameters(parameters, None)
+            self.report(Finding(
+                "repeated-query",
+                f"the same SELECT on {fp.table or 'a table'} with the same parameters ran "
+                f"{seen} times in session {session.sid}: run it once and keep the result",
+                evidence, engine=engine_id, session=session.sid))
 
     def on_many_statements(self, session: "SessionEntry", engine_id: str) -> None:
         if self.once(session, "many"):
