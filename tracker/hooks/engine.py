@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..locations import LocationFinder
     from ..recorder import Recorder
     from ..registry import EngineEntry, PoolEntry, Registry
-    from ..sessions import SessionRegistry
+    from ..sessions import SessionEntry, SessionRegistry
 
 STATEMENT = "statement"
 STATEMENT_ERROR = "statement_error"
@@ -232,8 +232,7 @@ class EngineHooks:
         detect = self.detectors
         queue, room = self._queue, self._room
         count_error = self.recorder.count_error
-        max_counted = MAX_COUNTED
-        session_refs = _session_refs
+        count_in_session = self._count_in_session
         # The engine most statements of this dialect come from (the first one seen; a
         # dialect is shared only by engine.execution_options() copies and the like):
         # compared by identity, it spares an id() and a dict lookup per statement.
@@ -271,43 +270,8 @@ class EngineHooks:
                 if by_conn:
                     session = by_conn.get(id(connection))
                     if session is not None:
-                        # per-session counts for the detectors, which run only past a
-                        # threshold (written only by the thread using that session)
-                        session.statements += 1
-                        session.last_t = now
-                        counts = session.stmts
-                        if counts is None:
-                            first = session.first
-                            if first is None:
-                                # most sessions run one statement: no dict for it
-                                session.first = statement
-                                session.first_parameters = parameters
-                            else:
-                                counts = session.stmts = {
-                                    first: [1, session.first_parameters]}
-                        if counts is not None:
-                            seen = counts.get(statement)
-                            if seen is None:
-                                if len(counts) < max_counted:
-                                    # the first parameters are kept: a repeat compares
-                                    counts[statement] = [1, parameters]
-                            else:
-                                seen[0] += 1
-                                detect.on_repeat(session, entry.id, statement, seen,
-                                                 parameters, context)
-                        if context.is_crud:
-                            session.txn_writes += 1
-                            if session.state is not FLUSHING:
-                                # a flush's first write: the session is "flushing"
-                                # until after_flush_postexec (no before_flush listener)
-                                ref = session_refs.get(session.key)  # session.ref()
-                                owner = ref() if ref is not None else session.ref()
-                                if owner is not None and owner._flushing:
-                                    session.state = FLUSHING
-                        if session.statements == detect.per_session:
-                            detect.on_many_statements(session, entry.id)
-                        if session.thread_id != _get_ident():
-                            detect.on_other_thread(session, entry.id)
+                        count_in_session(session, entry.id, statement, parameters,
+                                         context, now, False)
                 seconds = now - t0
                 # drivers report -1 (or nothing) when they do not know, e.g. for a
                 # SELECT on sqlite3; psycopg and PyMySQL count the rows they buffered
@@ -353,41 +317,8 @@ class EngineHooks:
             if by_conn:
                 session = by_conn.get(id(connection))
                 if session is not None:
-                    # Per-session counts for the detectors, which run only past a
-                    # threshold (written only by the thread using that session)
-                    session.statements += 1
-                    session.last_t = now
-                    counts = session.stmts
-                    if counts is None:
-                        first = session.first
-                        if first is None:
-                            # most sessions run one statement: no dict for it
-                            session.first = statement
-                            session.first_parameters = parameters
-                        else:
-                            counts = session.stmts = {first: [1, session.first_parameters]}
-                    if counts is not None:
-                        seen = counts.get(statement)
-                        if seen is None:
-                            if len(counts) < MAX_COUNTED:
-                                # the first parameters are kept: a repeat compares
-                                counts[statement] = [1, parameters]
-                        else:
-                            seen[0] += 1
-                            self.detectors.on_repeat(session, entry.id, statement, seen,
-                                                     parameters, context, executemany)
-                    if context.is_crud:
-                        session.txn_writes += 1
-                        if session.state is not FLUSHING:
-                            # a flush's first write (see the do_execute wrapper)
-                            owner = session.ref()
-                            if owner is not None and owner._flushing:
-                                session.state = FLUSHING
-                    detect = self.detectors
-                    if session.statements == detect.per_session:
-                        detect.on_many_statements(session, entry.id)
-                    if session.thread_id != _get_ident():
-                        detect.on_other_thread(session, entry.id)
+                    self._count_in_session(session, entry.id, statement, parameters,
+                                           context, now, executemany)
             if failed:
                 item: tuple[Any, ...] = (STATEMENT_ERROR, entry, statement)
             else:
@@ -413,6 +344,48 @@ class EngineHooks:
                 self.recorder.submit(item)
         except Exception as exc:
             self.recorder.count_error("engine.statement", exc)
+
+    def _count_in_session(self, session: "SessionEntry", engine_id: str, statement: str,
+                          parameters: Any, context: Any, now: float,
+                          executemany: bool) -> None:
+        """A statement of an ORM session: its per-session counts, for the detectors,
+        which run only past a threshold (written only by the thread using that
+        session)."""
+        session.statements += 1
+        session.last_t = now
+        counts = session.stmts
+        if counts is None:
+            first = session.first
+            if first is None:
+                # most sessions run one statement: no dict for it
+                session.first = statement
+                session.first_parameters = parameters
+            else:
+                counts = session.stmts = {first: [1, session.first_parameters]}
+        detect = self.detectors
+        if counts is not None:
+            seen = counts.get(statement)
+            if seen is None:
+                if len(counts) < MAX_COUNTED:
+                    # the first parameters are kept: a repeat compares
+                    counts[statement] = [1, parameters]
+            else:
+                seen[0] += 1
+                detect.on_repeat(session, engine_id, statement, seen, parameters,
+                                 context, executemany)
+        if context.is_crud:
+            session.txn_writes += 1
+            if session.state is not FLUSHING:
+                # a flush's first write: the session is "flushing" until
+                # after_flush_postexec (no before_flush listener)
+                ref = _session_refs.get(session.key)  # session.ref() written out
+                owner = ref() if ref is not None else session.ref()
+                if owner is not None and owner._flushing:
+                    session.state = FLUSHING
+        if session.statements == detect.per_session:
+            detect.on_many_statements(session, engine_id)
+        if session.thread_id != _get_ident():
+            detect.on_other_thread(session, engine_id)
 
     def _first_location(self, entry: "EngineEntry", statement: str) -> Any:
         """Where a statement text is first seen: one stack walk per text."""
