@@ -565,3 +565,16 @@ def second_process(app, *, host: str = "web-2", pid: int = 77, connected: bool =
         ingest.mark_disconnected(process.pk)
         process.refresh_from_db()
     return process
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Every test gets its own channel layer instance. Channels caches layers for the
+    process; channels-redis's layer keeps asyncio locks bound to the event loop of the
+    test that first used them, so one test leaving a receive lock held made every later
+    test on Redis fail with "bound to a different event loop" (seen in CI)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
