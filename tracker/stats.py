@@ -9,12 +9,29 @@ import bisect
 from typing import Any
 
 from .fingerprint import Fingerprint, cached
+from .locations import describe
 from .protocol import HIST_BOUNDS, HIST_BUCKETS
 
 COUNTERS = (
     "connects", "checkouts", "checkins", "invalidations", "soft_invalidations",
     "timeouts", "closes", "detaches", "statements", "statement_errors",
 )
+
+
+def count_into(buckets: list[int], values: list[float]) -> None:
+    """Count ``values`` into ``buckets`` as ``bisect_left(HIST_BOUNDS, value)`` would,
+    one by one (a value equal to a bound goes into the bucket that bound closes).
+    Sorts ``values`` in place: then it is one C call per bound instead of Python
+    bytecode per value."""
+    values.sort()
+    below = 0
+    for index, bound in enumerate(HIST_BOUNDS):
+        upto = bisect.bisect_right(values, bound, below)
+        if upto != below:
+            buckets[index] += upto - below
+            below = upto
+    if below < len(values):
+        buckets[-1] += len(values) - below
 
 
 class Histogram:
@@ -32,6 +49,15 @@ class Histogram:
         self.sum += seconds
         if seconds > self.max:
             self.max = seconds
+
+    def add_many(self, values: list[float]) -> None:
+        """Add every duration in ``values`` (sorted in place): the same buckets, sum
+        and max as :meth:`add` for each of them."""
+        if values:
+            count_into(self.buckets, values)
+            self.sum += sum(values)
+            if values[-1] > self.max:
+                self.max = values[-1]
 
     @property
     def count(self) -> int:
@@ -65,6 +91,14 @@ class StatementStats:
         self.rows = 0
         self.buckets = [0] * HIST_BUCKETS
         self.stack: list[str] = []
+
+    def add_many(self, values: list[float]) -> None:
+        """Count one recorded execution per duration in ``values`` (sorted in place)."""
+        self.count += len(values)
+        self.total += sum(values)
+        count_into(self.buckets, values)
+        if values[-1] > self.max:
+            self.max = values[-1]
 
     def as_dict(self) -> dict[str, Any]:
         shape = self.shape
@@ -129,3 +163,48 @@ class EngineStats:
 
     def counters_dict(self) -> dict[str, Any]:
         return {**self.counters, "statement_time": self.statement_time}
+
+
+class Batch:
+    """What one round of the worker collected for one engine, counted in at its end
+    (:meth:`apply`): per item the worker only appends a duration to a list, and the
+    counting is done per list, mostly in C. Unsampled statements only; the worker
+    counts a sampled one (weighted) at once."""
+
+    __slots__ = ("stats", "waits", "holds", "durations", "rows", "stacks")
+
+    def __init__(self, stats: EngineStats) -> None:
+        self.stats = stats
+        #: a checkout's wait for a connection, each
+        self.waits: list[float] = []
+        #: a checkin's hold time, each (a checkout the agent saw)
+        self.holds: list[float] = []
+        #: statement text -> its durations
+        self.durations: dict[str, list[float]] = {}
+        #: statement text -> rows the driver reported (when it did)
+        self.rows: dict[str, int] = {}
+        #: (statement text, the stack captured where it was first seen)
+        self.stacks: list[tuple[str, Any]] = []
+
+    def apply(self) -> None:
+        stats = self.stats
+        counters = stats.counters
+        if self.waits:
+            counters["checkouts"] += len(self.waits)  # see PoolHooks._checkout_evt
+            stats.wait.add_many(self.waits)
+        if self.holds:
+            counters["checkins"] += len(self.holds)
+            stats.hold.add_many(self.holds)
+        by_text, changed = stats.by_text, stats.changed
+        for text, values in self.durations.items():
+            counters["statements"] += len(values)
+            stats.statement_time += sum(values)
+            shape = by_text.get(text) or stats.statement(text)
+            shape.add_many(values)
+            changed[shape.shape.fp] = shape
+        for text, rows in self.rows.items():
+            (by_text.get(text) or stats.statement(text)).rows += rows
+        for text, stack in self.stacks:
+            shape = by_text.get(text) or stats.statement(text)
+            if not shape.stack:
+                shape.stack = describe(stack)

@@ -20,7 +20,7 @@ from .hooks import pool as pool_hooks
 from .hooks import session as session_hooks
 from . import detectors
 from .protocol import HIST_BOUNDS
-from .stats import EngineStats
+from .stats import Batch, EngineStats
 from .transport import Transport, TransportError
 
 if TYPE_CHECKING:
@@ -72,15 +72,14 @@ class Worker:
             "error": self._on_error,
         }
         self._dashboard_error: str | None = None
+        # (checkouts, checkins and statements are handled inline by process())
         self._dispatch: dict[str, Callable[..., None]] = {
             pool_hooks.CONNECT: self._count("connects"),
             pool_hooks.CHECKOUT: self._count("checkouts"),
-            pool_hooks.CHECKIN: self._on_checkin,
             pool_hooks.INVALIDATE: self._on_invalidate,
             pool_hooks.SOFT_INVALIDATE: self._count("soft_invalidations"),
             pool_hooks.CLOSE: self._count("closes"),
             pool_hooks.DETACH: self._count("detaches"),
-            pool_hooks.WAIT: self._on_wait,
             pool_hooks.TIMEOUT: self._on_timeout,
             engine_hooks.STATEMENT_ERROR: self._on_statement_error,
             session_hooks.FINDING: self._event,
@@ -179,21 +178,47 @@ class Worker:
     def process(self, items: list[tuple[Any, ...]]) -> None:
         # The three kinds of every checkout + statement are handled inline: the worker
         # shares the GIL with the application, so its time per event is the app's too.
+        # Per item it only appends the duration to its engine's Batch, which counts
+        # them in at the end (a sort and a C call per bucket bound per list, instead of
+        # ~30 bytecodes per item for a checkout, ~80 for a statement).
         dispatch = self._dispatch
         stats_for = self.stats_for
         bounds = HIST_BOUNDS
         last_entry: Any = None
         stats: EngineStats | None = None
+        batches: dict[int, Batch] = {}
+        batch: Batch | None = None
+        waits: list[float] = []
+        holds: list[float] = []
+        durations: dict[str, list[float]] = {}
+        unsampled = True
         for item in items:
             kind = item[0]
             if kind is _STATEMENT or kind is _CHECKIN or kind is _WAIT:
                 entry = item[1] if kind is _STATEMENT else item[1].engine
                 if entry is not last_entry:
                     last_entry, stats = entry, stats_for(entry)
+                    batch = batches.get(id(stats))
+                    if batch is None:
+                        batch = batches[id(stats)] = Batch(stats)
+                    waits, holds, durations = batch.waits, batch.holds, batch.durations
+                    unsampled = entry.sample == 1
                 if kind is _STATEMENT:
-                    seconds = item[2]
+                    if unsampled:
+                        text = item[3]
+                        values = durations.get(text)
+                        if values is None:
+                            values = durations[text] = []
+                        values.append(item[2])
+                        if item[5] > 0:
+                            rows = batch.rows
+                            rows[text] = rows.get(text, 0) + item[5]
+                        if item[6]:
+                            batch.stacks.append((text, item[6]))
+                        continue
                     # sampled (the dashboard's "sampling" switch): one recorded
                     # statement stands for ``sample`` of them
+                    seconds = item[2]
                     weight = entry.sample
                     stats.counters["statements"] += weight
                     stats.statement_time += seconds * weight
@@ -208,25 +233,18 @@ class Worker:
                     if item[6] and not shape.stack:
                         shape.stack = describe(item[6])
                     stats.changed[shape.shape.fp] = shape
-                    continue
-                if kind is _CHECKIN:
+                elif kind is _WAIT:  # the worker counts it as the checkout
+                    waits.append(item[2])
+                elif item[2] is not None:
+                    holds.append(item[2])
+                else:  # the checkin of a checkout the agent did not see
                     stats.counters["checkins"] += 1
-                    seconds = item[2]
-                    if seconds is None:
-                        continue
-                    histogram = stats.hold
-                else:
-                    stats.counters["checkouts"] += 1  # see PoolHooks._checkout_evt
-                    seconds = item[2]
-                    histogram = stats.wait
-                histogram.buckets[bisect_left(bounds, seconds)] += 1
-                histogram.sum += seconds
-                if seconds > histogram.max:
-                    histogram.max = seconds
                 continue
             handler = dispatch.get(kind)
             if handler is not None:
                 handler(*item[1:])
+        for batch in batches.values():
+            batch.apply()
 
     # -- aggregation -----------------------------------------------------------------
 
@@ -240,17 +258,6 @@ class Worker:
         def count(pool_entry: Any, *rest: Any) -> None:
             self.stats_for(pool_entry.engine).counters[name] += 1
         return count
-
-    def _on_checkin(self, pool_entry: Any, held: float | None) -> None:
-        stats = self.stats_for(pool_entry.engine)
-        stats.counters["checkins"] += 1
-        if held is not None:
-            stats.hold.add(held)
-
-    def _on_wait(self, pool_entry: Any, waited: float) -> None:
-        stats = self.stats_for(pool_entry.engine)
-        stats.counters["checkouts"] += 1  # see PoolHooks._checkout_evt
-        stats.wait.add(waited)
 
     def _on_timeout(self, pool_entry: Any, ts: float, waited: float, thread: str,
                     stack: list[Any]) -> None:
