@@ -18,20 +18,20 @@ COUNTERS = (
 )
 
 
-def count_into(buckets: list[int], values: list[float]) -> None:
-    """Count ``values`` into ``buckets`` as ``bisect_left(HIST_BOUNDS, value)`` would,
-    one by one (a value equal to a bound goes into the bucket that bound closes).
-    Sorts ``values`` in place: then it is one C call per bound instead of Python
-    bytecode per value."""
+def count_into(buckets: list[int], values: list[float], weight: int = 1) -> None:
+    """Add ``weight`` to the bucket of each of ``values``: the bucket
+    ``bisect_left(HIST_BOUNDS, value)`` (a value equal to a bound goes into the bucket
+    that bound closes). Sorts ``values`` in place: then it is one C call per bound
+    instead of Python bytecode per value."""
     values.sort()
     below = 0
     for index, bound in enumerate(HIST_BOUNDS):
         upto = bisect.bisect_right(values, bound, below)
         if upto != below:
-            buckets[index] += upto - below
+            buckets[index] += (upto - below) * weight
             below = upto
     if below < len(values):
-        buckets[-1] += len(values) - below
+        buckets[-1] += (len(values) - below) * weight
 
 
 class Histogram:
@@ -44,15 +44,8 @@ class Histogram:
         self.sum = 0.0
         self.max = 0.0
 
-    def add(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(HIST_BOUNDS, seconds)] += 1
-        self.sum += seconds
-        if seconds > self.max:
-            self.max = seconds
-
     def add_many(self, values: list[float]) -> None:
-        """Add every duration in ``values`` (sorted in place): the same buckets, sum
-        and max as :meth:`add` for each of them."""
+        """Add every duration in ``values`` (sorted in place)."""
         if values:
             count_into(self.buckets, values)
             self.sum += sum(values)
@@ -92,11 +85,12 @@ class StatementStats:
         self.buckets = [0] * HIST_BUCKETS
         self.stack: list[str] = []
 
-    def add_many(self, values: list[float]) -> None:
-        """Count one recorded execution per duration in ``values`` (sorted in place)."""
-        self.count += len(values)
-        self.total += sum(values)
-        count_into(self.buckets, values)
+    def add_many(self, values: list[float], weight: int = 1) -> None:
+        """Count the recorded executions that took ``values`` (sorted in place), each
+        standing for ``weight`` of them (sampling)."""
+        self.count += len(values) * weight
+        self.total += sum(values) * weight
+        count_into(self.buckets, values, weight)
         if values[-1] > self.max:
             self.max = values[-1]
 
@@ -168,13 +162,15 @@ class EngineStats:
 class Batch:
     """What one round of the worker collected for one engine, counted in at its end
     (:meth:`apply`): per item the worker only appends a duration to a list, and the
-    counting is done per list, mostly in C. Unsampled statements only; the worker
-    counts a sampled one (weighted) at once."""
+    counting is done per list, mostly in C."""
 
-    __slots__ = ("stats", "waits", "holds", "durations", "rows", "stacks")
+    __slots__ = ("stats", "weight", "waits", "holds", "durations", "rows", "stacks")
 
-    def __init__(self, stats: EngineStats) -> None:
+    def __init__(self, stats: EngineStats, weight: int) -> None:
         self.stats = stats
+        #: the engine's sampling (the dashboard's "sampling" switch): each recorded
+        #: statement stands for ``weight`` of them
+        self.weight = weight
         #: a checkout's wait for a connection, each
         self.waits: list[float] = []
         #: a checkin's hold time, each (a checkout the agent saw)
@@ -187,7 +183,7 @@ class Batch:
         self.stacks: list[tuple[str, Any]] = []
 
     def apply(self) -> None:
-        stats = self.stats
+        stats, weight = self.stats, self.weight
         counters = stats.counters
         if self.waits:
             counters["checkouts"] += len(self.waits)  # see PoolHooks._checkout_evt
@@ -197,13 +193,13 @@ class Batch:
             stats.hold.add_many(self.holds)
         by_text, changed = stats.by_text, stats.changed
         for text, values in self.durations.items():
-            counters["statements"] += len(values)
-            stats.statement_time += sum(values)
+            counters["statements"] += len(values) * weight
+            stats.statement_time += sum(values) * weight
             shape = by_text.get(text) or stats.statement(text)
-            shape.add_many(values)
+            shape.add_many(values, weight)
             changed[shape.shape.fp] = shape
         for text, rows in self.rows.items():
-            (by_text.get(text) or stats.statement(text)).rows += rows
+            (by_text.get(text) or stats.statement(text)).rows += rows * weight
         for text, stack in self.stacks:
             shape = by_text.get(text) or stats.statement(text)
             if not shape.stack:

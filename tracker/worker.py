@@ -10,7 +10,6 @@ import collections
 import logging
 import threading
 import time
-from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import protocol
@@ -19,7 +18,6 @@ from .locations import describe
 from .hooks import pool as pool_hooks
 from .hooks import session as session_hooks
 from . import detectors
-from .protocol import HIST_BOUNDS
 from .stats import Batch, EngineStats
 from .transport import Transport, TransportError
 
@@ -183,7 +181,6 @@ class Worker:
         # ~30 bytecodes per item for a checkout, ~80 for a statement).
         dispatch = self._dispatch
         stats_for = self.stats_for
-        bounds = HIST_BOUNDS
         last_entry: Any = None
         stats: EngineStats | None = None
         batches: dict[int, Batch] = {}
@@ -191,7 +188,6 @@ class Worker:
         waits: list[float] = []
         holds: list[float] = []
         durations: dict[str, list[float]] = {}
-        unsampled = True
         for item in items:
             kind = item[0]
             if kind is _STATEMENT or kind is _CHECKIN or kind is _WAIT:
@@ -200,39 +196,19 @@ class Worker:
                     last_entry, stats = entry, stats_for(entry)
                     batch = batches.get(id(stats))
                     if batch is None:
-                        batch = batches[id(stats)] = Batch(stats)
+                        batch = batches[id(stats)] = Batch(stats, entry.sample)
                     waits, holds, durations = batch.waits, batch.holds, batch.durations
-                    unsampled = entry.sample == 1
                 if kind is _STATEMENT:
-                    if unsampled:
-                        text = item[3]
-                        values = durations.get(text)
-                        if values is None:
-                            values = durations[text] = []
-                        values.append(item[2])
-                        if item[5] > 0:
-                            rows = batch.rows
-                            rows[text] = rows.get(text, 0) + item[5]
-                        if item[6]:
-                            batch.stacks.append((text, item[6]))
-                        continue
-                    # sampled (the dashboard's "sampling" switch): one recorded
-                    # statement stands for ``sample`` of them
-                    seconds = item[2]
-                    weight = entry.sample
-                    stats.counters["statements"] += weight
-                    stats.statement_time += seconds * weight
-                    shape = stats.by_text.get(item[3]) or stats.statement(item[3])
-                    shape.count += weight
-                    shape.total += seconds * weight
-                    if seconds > shape.max:
-                        shape.max = seconds
-                    shape.buckets[bisect_left(bounds, seconds)] += weight
+                    text = item[3]
+                    values = durations.get(text)
+                    if values is None:
+                        values = durations[text] = []
+                    values.append(item[2])
                     if item[5] > 0:
-                        shape.rows += item[5] * weight
-                    if item[6] and not shape.stack:
-                        shape.stack = describe(item[6])
-                    stats.changed[shape.shape.fp] = shape
+                        rows = batch.rows
+                        rows[text] = rows.get(text, 0) + item[5]
+                    if item[6]:
+                        batch.stacks.append((text, item[6]))
                 elif kind is _WAIT:  # the worker counts it as the checkout
                     waits.append(item[2])
                 elif item[2] is not None:

@@ -7,13 +7,17 @@ import bisect
 import sqlalchemy as sa
 
 from tracker.protocol import HIST_BOUNDS
-from tracker.stats import Histogram
+from tracker.fingerprint import fingerprint
+from tracker.stats import Histogram, StatementStats
 
 
 def _one_by_one(values: list[float]) -> Histogram:
+    """The reference: each value into the bucket ``bisect_left`` names, one at a time."""
     histogram = Histogram()
     for value in values:
-        histogram.add(value)
+        histogram.buckets[bisect.bisect_left(HIST_BOUNDS, value)] += 1
+        histogram.sum += value
+        histogram.max = max(histogram.max, value)
     return histogram
 
 
@@ -50,6 +54,17 @@ def test_add_many_accumulates_and_ignores_an_empty_batch():
     assert histogram.buckets == _one_by_one([0.2, 0.02, 3.0]).buckets
     assert histogram.max == 3.0
     assert round(histogram.sum, 9) == 3.22
+
+
+def test_a_sampled_batch_weighs_every_duration():
+    """With sampling, each recorded statement stands for ``weight`` of them."""
+    shape = StatementStats(fingerprint("select 1"))
+    shape.add_many([0.002, 0.0001, 0.7], weight=3)
+    assert shape.count == 9
+    assert round(shape.total, 9) == round(0.7021 * 3, 9)
+    assert shape.max == 0.7
+    assert shape.buckets == [3 * n for n in _one_by_one([0.002, 0.0001, 0.7]).buckets]
+    assert sum(shape.buckets) == 9
 
 
 def test_worker_batch_counts_checkouts_checkins_per_engine(agent, tmp_path):
