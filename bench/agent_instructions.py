@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import re
 import statistics
@@ -194,8 +193,8 @@ def main() -> int:
                 print(f"  layout {layout} (+{PADDINGS[layout]:>4} B)    | {off_l:>16,.0f} | "
                       f"{on_l:>8,.0f} | {on_l / off_l:.3f} | {on_steady / off_steady:>12.3f} "
                       f"| (excl. misses: {off_steady:,.0f} / {on_steady:,.0f})")
-    overall = math.exp(sum(map(math.log, ratios)) / len(ratios))
-    steady_overall = math.exp(sum(map(math.log, steady_ratios)) / len(steady_ratios))
+    overall = statistics.geometric_mean(ratios)
+    steady_overall = statistics.geometric_mean(steady_ratios)
     print(f"overall (app thread): {overall:.3f} (excl. type-cache misses: "
           f"{steady_overall:.3f})")
     return 0

@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -354,10 +353,6 @@ def bench(engine: Engine, rounds: int, ops: int, errors: AgentErrors,
 # -- report -------------------------------------------------------------------------
 
 
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
 def format_table(results: list[Result], ops: int) -> str:
     width = max(len(r.name) for r in results)
     header = (f"{'workload':<{width}} | {'off µs/op':>10} | {'on µs/op':>10} | "
@@ -448,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             set_agent(False, errors)
             engine.dispose()
     elapsed = time.perf_counter() - started
-    overall = geometric_mean([r.ratio() for r in results])
+    overall = statistics.geometric_mean([r.ratio() for r in results])
     passed = overall <= args.budget
     print()
     print(format_table(results, args.ops))

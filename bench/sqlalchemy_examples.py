@@ -47,7 +47,6 @@ import argparse
 import gc
 import importlib
 import json
-import math
 import os
 import platform
 import random
@@ -147,10 +146,6 @@ def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int) -> No
 # -- the report -------------------------------------------------------------------------
 
 
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
 def collect(suite: str, source: Path, dburl: str, num: int,
             rounds: int) -> tuple[dict[str, dict[bool, list[float]]], int, str | None,
                                   list[str]]:
@@ -245,11 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "ratio": ratio}
             every += suite_ratios
             print(f"  {'suite (geometric mean)':<{width - 2}} | {'':>7} | {'':>7} | "
-                  f"{geometric_mean(suite_ratios):>6.3f} |")
+                  f"{statistics.geometric_mean(suite_ratios):>6.3f} |")
             if errors:
                 print(f"  warning: the agent counted {errors} internal error(s); "
                       f"first: {first}")
-    overall = geometric_mean(every)
+    overall = statistics.geometric_mean(every)
     passed = overall <= args.budget
     print(f"\nelapsed: {time.perf_counter() - started:.0f} s")
     print(f"overall: {overall:.3f} over {len(every)} tests (budget {args.budget:.3f}) "
