@@ -193,6 +193,8 @@ class Agent:
         self.started = process_start_time()
         # the same recorder, emptied: the pools' connect wrappers hold on to its queue
         self.recorder.reset()
+        for engine_entry in list(self.registry.tallied):
+            engine_entry.tally.clear()
         for pool_entry in list(self.registry.pools.values()):
             # connections the parent held are not this process's to report
             pool_entry.holders.clear()

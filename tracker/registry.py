@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import Pool
 
+from .tally import Tally
+
 
 class PoolEntry:
     """Live facts about one pool, written by hooks with atomic dict operations only."""
@@ -54,7 +56,8 @@ class EngineEntry:
     """One engine (or, for a pool used without an engine, that pool alone)."""
 
     __slots__ = ("id", "ids", "name", "engine_ref", "created", "disposed", "pool_id",
-                 "revision", "server", "statements", "sample", "locations", "__weakref__")
+                 "revision", "server", "_statements", "_sample", "locations", "tally",
+                 "__weakref__")
 
     def __init__(self, engine_id: str, name: str, engine: Engine | None) -> None:
         self.id = engine_id
@@ -71,15 +74,37 @@ class EngineEntry:
         self.revision = 0
         #: the server's settings, once read (tracker/engine_checks.py)
         self.server: dict[str, Any] | None = None
+        #: durations the hot hooks append for the worker (tracker/tally.py)
+        self.tally = Tally()
         # Runtime switches (tracker/switches.py), set by the worker from the dashboard's
-        # toggles and read by the hooks on their fast paths:
-        #: record this engine's statements at all
-        self.statements = True
-        #: record one statement in ``sample`` (1: all); the worker weighs each by it
-        self.sample = 1
+        # toggles and read by the hooks:
+        self._statements = True
+        self._sample = 1
         #: checkout code locations for this engine's pools ("always", "pressure",
         #: "off"); None: the agent's configured mode
         self.locations: str | None = None
+
+    @property
+    def statements(self) -> bool:
+        """Record this engine's statements at all."""
+        return self._statements
+
+    @statements.setter
+    def statements(self, on: bool) -> None:
+        self._statements = on
+        if not on:
+            self.tally.unpublish()  # the statement hook then takes its slow path
+
+    @property
+    def sample(self) -> int:
+        """Record one statement in ``sample`` (1: all); the worker weighs each by it."""
+        return self._sample
+
+    @sample.setter
+    def sample(self, every: int) -> None:
+        self._sample = every
+        if every != 1:
+            self.tally.unpublish()  # the statement hook then takes its slow path
 
     def engine(self) -> Engine | None:
         return self.engine_ref() if self.engine_ref is not None else None
@@ -96,6 +121,10 @@ class Registry:
         self._ids = itertools.count(1)
         self._on_new_engine = on_new_engine
         self._on_new_pool = on_new_pool
+        #: every engine entry ever made, until the worker has taken the last of its
+        #: tally after its engine and pools are gone (appended here, pruned by the
+        #: worker only)
+        self.tallied: list[EngineEntry] = []
 
     def engine_entry(self, engine: Engine) -> EngineEntry:
         """The entry for ``engine``, registering it (and its current pool) if new."""
@@ -105,9 +134,11 @@ class Registry:
                 entry = self.engines.get(id(engine))
                 announce = entry is None
                 if entry is None:
-                    entry = self._adopt_anonymous(engine) or EngineEntry(
-                        f"e{next(self._ids)}", _engine_name(engine), engine
-                    )
+                    entry = self._adopt_anonymous(engine)
+                    if entry is None:
+                        entry = EngineEntry(f"e{next(self._ids)}", _engine_name(engine),
+                                            engine)
+                        self.tallied.append(entry)
                     self.engines[id(engine)] = entry
                     weakref.finalize(engine, self.engines.pop, id(engine), None)
             if announce:
@@ -156,6 +187,7 @@ class Registry:
                 return entry
         with self._lock:
             entry = EngineEntry(f"e{next(self._ids)}", f"pool {type(pool).__name__}", None)
+            self.tallied.append(entry)
         self._on_new_engine(entry)
         return entry
 
@@ -176,6 +208,7 @@ class Registry:
         with self._lock:
             self.engines.clear()
             self.pools.clear()
+            self.tallied.clear()
 
 
 def _engine_name(engine: Engine) -> str:

@@ -164,10 +164,13 @@ class Batch:
     (:meth:`apply`): per item the worker only appends a duration to a list, and the
     counting is done per list, mostly in C."""
 
-    __slots__ = ("stats", "weight", "waits", "holds", "durations", "rows", "stacks")
+    __slots__ = ("stats", "entry", "weight", "waits", "holds", "durations", "rows",
+                 "stacks")
 
-    def __init__(self, stats: EngineStats, weight: int) -> None:
+    def __init__(self, stats: EngineStats, weight: int, entry: Any = None) -> None:
         self.stats = stats
+        #: the engine's registry entry (None in tests that need none)
+        self.entry = entry
         #: the engine's sampling (the dashboard's "sampling" switch): each recorded
         #: statement stands for ``weight`` of them
         self.weight = weight

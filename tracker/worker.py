@@ -19,6 +19,7 @@ from .hooks import pool as pool_hooks
 from .hooks import session as session_hooks
 from . import detectors
 from .stats import Batch, EngineStats
+from .tally import take
 from .transport import Transport, TransportError
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class Worker:
                     last_entry, stats = entry, stats_for(entry)
                     batch = batches.get(id(stats))
                     if batch is None:
-                        batch = batches[id(stats)] = Batch(stats, entry.sample)
+                        batch = batches[id(stats)] = Batch(stats, entry.sample, entry)
                     waits, holds, durations = batch.waits, batch.holds, batch.durations
                 if kind is _STATEMENT:
                     text = item[3]
@@ -219,8 +220,66 @@ class Worker:
             handler = dispatch.get(kind)
             if handler is not None:
                 handler(*item[1:])
+        self._take_tallies(batches)
         for batch in batches.values():
             batch.apply()
+
+    def _take_tallies(self, batches: dict[int, Batch]) -> None:
+        """Move what the hooks appended to the engines' tallies (tracker/tally.py)
+        into this round's batches; give the statement texts seen through the queue
+        this round a tally of their own; forget the tallies of engines gone."""
+        registry = self.agent.registry
+        tallied = registry.tallied
+        gone = None
+        pooled: set[int] | None = None
+        for entry in list(tallied):
+            tally = entry.tally
+            if tally.waits or tally.holds or tally.all_texts:
+                stats = self.stats_for(entry)
+                # what the tallies hold was recorded unsampled: weight 1, even if
+                # sampling was switched on meanwhile (a batch of its own then)
+                key = id(stats) if entry.sample == 1 else -id(stats)
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = Batch(stats, 1, entry)
+                waits = take(tally.waits)
+                if waits:
+                    batch.waits.extend(waits)
+                holds = take(tally.holds)
+                if holds:
+                    batch.holds.extend(holds)
+                durations, rows = batch.durations, batch.rows
+                for text, text_tally in list(tally.all_texts.items()):
+                    values = take(text_tally.durations)
+                    if values:
+                        known = durations.get(text)
+                        if known is None:
+                            durations[text] = values
+                        else:
+                            known.extend(values)
+                    counted = take(text_tally.rows)
+                    if counted:
+                        rows[text] = rows.get(text, 0) + sum(counted)
+            if entry.engine_ref is None or entry.engine() is None:
+                # its engine is gone (or it had none): once no pool of it is left
+                # either, no hook can append to its tally any more
+                if pooled is None:
+                    pooled = {id(pool_entry.engine)
+                              for pool_entry in list(registry.pools.values())}
+                if id(entry) not in pooled and not tally.pending():
+                    gone = gone or []
+                    gone.append(entry)
+        for entry in gone or ():
+            tallied.remove(entry)
+        for batch in batches.values():
+            # texts counted through the queue this round get a tally: their next
+            # executions skip the queue
+            entry = batch.entry
+            if entry is not None and entry.statements and entry.sample == 1:
+                tally = entry.tally
+                for text in batch.durations:
+                    if text not in tally.texts:
+                        tally.add_text(text)
 
     # -- aggregation -----------------------------------------------------------------
 

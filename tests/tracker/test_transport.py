@@ -326,8 +326,11 @@ def test_queue_drops_are_reported_in_state(tmp_path):
         for _ in range(30):
             conn.execute(sa.text("select 1"))
     state = handle.agent.snapshot()
-    # connect, wait (with its checkout), 30 statements, checkin: 33 items, queue of 10
-    assert state["agent"]["drops"] == {"queue_full": 23}
+    # connect and 30 statements: 31 items, queue of 10 (the checkout's wait and the
+    # checkin go to the engine's tally, not the queue)
+    assert state["agent"]["drops"] == {"queue_full": 21}
+    counters = state["engines"][0]["counters"]
+    assert (counters["checkouts"], counters["checkins"]) == (1, 1)
     assert len(handle.agent.recorder) == 0
     assert state["agent"]["queue_max"] == 10
     engine.dispose()

@@ -36,6 +36,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from ..detectors import MAX_COUNTED
 from ..locations import OFF
 from ..sessions import FLUSHING, _session_refs
+from ..tally import TEXT_CAP
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -228,7 +229,6 @@ class EngineHooks:
                                            is DefaultDialect.do_execute)
         engines = self._engines
         by_conn = self._by_conn
-        located = self._located
         detect = self.detectors
         queue, room = self._queue, self._room
         count_error = self.recorder.count_error
@@ -261,8 +261,10 @@ class EngineHooks:
                     entry = engines.get(id(engine))
                     if cached is None and entry is not None:
                         cache[0] = (new_ref(engine), entry)  # one store: threads see a pair
-                if (entry is None or not entry.statements or entry.sample != 1
-                        or statement not in located):
+                # a text has a tally once the worker has seen it, while the engine's
+                # statements are recorded unsampled (tracker/tally.py)
+                tally = entry.tally.texts.get(statement) if entry is not None else None
+                if tally is None:
                     # first sight of the engine or the text, switched off or sampled
                     record(context, cursor, statement, parameters, t0, False, False, now)
                     return
@@ -281,11 +283,17 @@ class EngineHooks:
                                    parameters, context)
                 if rows >= detect.large_rows:
                     detect.on_large(entry.id, session, statement, rows)
-                item = (STATEMENT, entry, seconds, statement, False, rows, None)
-                if len(queue) < room:
-                    queue.append(item)
-                else:
-                    self.recorder.submit(item)
+                durations = tally.durations
+                if len(durations) < TEXT_CAP:
+                    durations.append(seconds)
+                    if rows > 0:
+                        tally.rows.append(rows)
+                else:  # the worker is behind: the bounded queue takes it
+                    item = (STATEMENT, entry, seconds, statement, False, rows, None)
+                    if len(queue) < room:
+                        queue.append(item)
+                    else:
+                        self.recorder.submit(item)
             except Exception as exc:
                 count_error("engine.statement", exc)
 

@@ -30,6 +30,7 @@ from sqlalchemy.pool import Pool, SingletonThreadPool
 from sqlalchemy.pool import base as _pool_base
 
 from ..locations import ALWAYS, NONE, OFF, PRESSURE
+from ..tally import EVENTS_CAP
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -223,6 +224,8 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
     reentrant = isinstance(pool, SingletonThreadPool)
     submit = recorder.submit
     queue, room = recorder.queue, recorder.maxlen
+    # the engine's tally lists (tracker/tally.py): never replaced, so kept here
+    wait_times, hold_times = engine.tally.waits, engine.tally.holds
 
     def connect() -> Any:
         tid = _get_ident()
@@ -262,11 +265,11 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
                     stack = NONE
                 # the worker turns t1 into wall time and tid into a thread name
                 holders[id(fairy._connection_record)] = (t1, tid, stack)
-            item = (WAIT, entry, t1 - t0)  # the worker counts it as the checkout
-            if len(queue) < room:
-                queue.append(item)
+            # the worker counts the wait as the checkout
+            if len(wait_times) < EVENTS_CAP:
+                wait_times.append(t1 - t0)
             else:
-                submit(item)
+                submit((WAIT, entry, t1 - t0))
         except Exception as exc:
             recorder.count_error("pool.checkout", exc)
         return fairy
@@ -285,12 +288,15 @@ def wrap_connect(pool: Pool, entry: "PoolEntry", recorder: "Recorder",
         def _return_conn(record: Any) -> None:
             try:
                 holder = holders.pop(id(record), None)
-                item = (CHECKIN, entry,
-                        perf_counter() - holder[0] if holder is not None else None)
-                if len(queue) < room:
-                    queue.append(item)
-                else:
-                    submit(item)
+                if holder is not None and len(hold_times) < EVENTS_CAP:
+                    hold_times.append(perf_counter() - holder[0])
+                else:  # a checkout the agent did not see, or the tally is full
+                    item = (CHECKIN, entry,
+                            perf_counter() - holder[0] if holder is not None else None)
+                    if len(queue) < room:
+                        queue.append(item)
+                    else:
+                        submit(item)
             except Exception as exc:
                 recorder.count_error("pool.checkin", exc)
             do_return(record)

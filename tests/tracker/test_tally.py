@@ -1,0 +1,222 @@
+"""Tallies (tracker/tally.py): durations the hot hooks append straight to per-engine
+lists, taken by the worker once per round, on real SQLite engines."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+
+import sqlalchemy as sa
+
+from tracker.hooks import engine as engine_hooks
+from tracker.hooks import pool as pool_hooks
+from tracker.hooks.engine import STATEMENT
+from tracker.hooks.pool import CHECKIN, WAIT
+from tracker.tally import MAX_TEXTS, Tally, take
+
+
+def _entry(agent, engine):
+    return agent.registry.engines[id(engine)]
+
+
+def _queued(agent, kind):
+    return [item for item in list(agent.recorder.queue) if item[0] == kind]
+
+
+def _shape(agent, engine, text):
+    return agent.worker.stats[_entry(agent, engine).id].by_text[text]
+
+
+def test_take_loses_and_repeats_nothing_while_threads_append():
+    """Four threads append 50,000 distinct values each while another takes, as the
+    worker does: every value is taken exactly once."""
+    values: list[int] = []
+    taken: list[int] = []
+    done = threading.Event()
+
+    def append(start: int) -> None:
+        for value in range(start, start + 50_000):
+            values.append(value)
+
+    def worker() -> None:
+        while not done.is_set():
+            taken.extend(take(values))
+        taken.extend(take(values))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch at every chance: races show
+    try:
+        taker = threading.Thread(target=worker)
+        taker.start()
+        appenders = [threading.Thread(target=append, args=(n * 50_000,))
+                     for n in range(4)]
+        for thread in appenders:
+            thread.start()
+        for thread in appenders:
+            thread.join()
+        done.set()
+        taker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(taken) == 200_000
+    assert set(taken) == set(range(200_000))
+    assert values == []
+
+
+def test_a_text_gets_a_tally_once_the_worker_has_seen_it(agent, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table t (x int)")
+    insert, select = "insert into t values (?)", "select x from t"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(insert, (0,))
+        conn.exec_driver_sql(select).all()
+    # first sight: through the queue, with its code location
+    assert [item[3] for item in _queued(agent, STATEMENT)][-2:] == [insert, select]
+    agent.snapshot()
+    tally = _entry(agent, engine).tally
+    assert {insert, select} <= set(tally.texts)
+    for i in range(1, 8):
+        with engine.begin() as conn:
+            conn.exec_driver_sql(insert, (i,))
+            conn.exec_driver_sql(select).all()
+    # now appended to the tallies, nothing queued
+    assert _queued(agent, STATEMENT) == []
+    assert len(tally.texts[insert].durations) == 7
+    assert tally.texts[insert].rows == [1] * 7
+    assert tally.texts[select].rows == []  # sqlite3 reports no rows for a SELECT
+    agent.snapshot()
+    assert (_shape(agent, engine, insert).count, _shape(agent, engine, insert).rows) == (8, 8)
+    assert _shape(agent, engine, select).count == 8
+    assert sum(_shape(agent, engine, select).buckets) == 8
+    assert tally.texts[insert].durations == []
+    engine.dispose()
+
+
+def test_checkouts_and_checkins_go_to_the_tally_and_count_exactly(agent, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect():
+        pass  # the first checkout connects (recorded by the connect listener)
+    agent.snapshot()
+    tally = _entry(agent, engine).tally
+    for _ in range(5):
+        with engine.connect():
+            pass
+    assert (len(tally.waits), len(tally.holds)) == (5, 5)
+    assert _queued(agent, WAIT) == _queued(agent, CHECKIN) == []
+    counters = next(e for e in agent.snapshot()["engines"]
+                    if e["id"] == _entry(agent, engine).id)["counters"]
+    assert (counters["checkouts"], counters["checkins"]) == (6, 6)
+    assert (tally.waits, tally.holds) == ([], [])
+    engine.dispose()
+
+
+def test_a_full_tally_falls_back_to_the_queue(agent, tmp_path, monkeypatch):
+    """The worker is behind: past the cap, the hooks queue as before; nothing is
+    lost and the counts stay exact."""
+    monkeypatch.setattr(engine_hooks, "TEXT_CAP", 3)
+    monkeypatch.setattr(pool_hooks, "EVENTS_CAP", 2)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    agent.snapshot()
+    for _ in range(4):
+        with engine.connect() as conn:
+            for _ in range(3):
+                conn.exec_driver_sql("select 1").all()
+    tally = _entry(agent, engine).tally
+    assert len(tally.texts["select 1"].durations) == 3
+    assert len(_queued(agent, STATEMENT)) == 9
+    assert (len(tally.waits), len(tally.holds)) == (2, 2)
+    assert (len(_queued(agent, WAIT)), len(_queued(agent, CHECKIN))) == (2, 2)
+    agent.snapshot()
+    assert _shape(agent, engine, "select 1").count == 13
+    counters = agent.worker.stats[_entry(agent, engine).id].counters
+    assert (counters["checkouts"], counters["checkins"]) == (5, 5)
+    assert agent.recorder.drops == {}
+    engine.dispose()
+
+
+def test_switching_statements_off_or_sampling_unpublishes_the_texts(agent, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    agent.snapshot()
+    entry = _entry(agent, engine)
+    assert "select 1" in entry.tally.texts
+    entry.sample = 2
+    assert entry.tally.texts == {}
+    with engine.connect() as conn:
+        for _ in range(6):
+            conn.exec_driver_sql("select 1").all()
+    assert len(_queued(agent, STATEMENT)) == 3  # sampled: one in two
+    agent.snapshot()
+    assert entry.tally.texts == {}  # not given back while sampled
+    assert _shape(agent, engine, "select 1").count == 1 + 6
+    entry.sample = 1
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    agent.snapshot()
+    assert "select 1" in entry.tally.texts
+    entry.statements = False
+    assert entry.tally.texts == {}
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    agent.snapshot()
+    assert _shape(agent, engine, "select 1").count == 1 + 6 + 1
+    assert len(entry.tally.all_texts) == 1  # the same tally, given back each time
+    engine.dispose()
+
+
+def test_tallied_texts_are_bounded_per_engine(agent, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    texts = [f"select {n}" for n in range(MAX_TEXTS + 5)]
+    with engine.connect() as conn:
+        for text in texts:
+            conn.exec_driver_sql(text).all()
+    agent.snapshot()
+    tally = _entry(agent, engine).tally
+    assert len(tally.texts) == len(tally.all_texts) == MAX_TEXTS
+    with engine.connect() as conn:
+        for text in texts:
+            conn.exec_driver_sql(text).all()
+    # the texts without a tally still go through the queue
+    assert len(_queued(agent, STATEMENT)) == 5
+    agent.snapshot()
+    # all of them one shape ("select ?"): counted twice each
+    assert _shape(agent, engine, texts[0]).count == 2 * len(texts) == 42
+    engine.dispose()
+
+
+def test_a_gone_engine_is_counted_to_the_last_then_forgotten(agent, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    agent.snapshot()
+    entry = _entry(agent, engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    assert len(entry.tally.texts["select 1"].durations) == 1
+    assert entry in agent.registry.tallied
+    engine.dispose()
+    del engine, conn
+    gc.collect()
+    agent.snapshot()
+    assert entry not in agent.registry.tallied
+    shape = agent.worker.stats[entry.id].by_text["select 1"]
+    assert shape.count == 2
+    assert agent.worker.stats[entry.id].counters["checkins"] == 2
+
+
+def test_a_forked_child_forgets_its_parents_tallies():
+    tally = Tally()
+    tally.waits.extend([0.1, 0.2])
+    tally.holds.append(0.3)
+    tally.add_text("select 1")
+    tally.texts["select 1"].durations.append(0.01)
+    tally.texts["select 1"].rows.append(4)
+    assert tally.pending()
+    tally.clear()
+    assert not tally.pending()
+    assert list(tally.texts) == ["select 1"]  # the texts keep their tallies
