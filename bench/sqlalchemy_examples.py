@@ -77,8 +77,10 @@ def examples_dir(version: str) -> Path:
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        # the sdist of SQLAlchemy only: with ":all:", pip would build the tools its
+        # metadata step needs (Cython) from source too, for minutes
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                        "--no-binary", ":all:", "-d", tmp, f"sqlalchemy=={version}"],
+                        "--no-binary", "sqlalchemy", "-d", tmp, f"sqlalchemy=={version}"],
                        check=True)
         (archive,) = Path(tmp).glob("*.tar.gz")
         with tarfile.open(archive) as tar:
