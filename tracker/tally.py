@@ -29,10 +29,10 @@ from typing import Any
 #: round's worth at 65,000 a second: the worker takes the lists every 0.25 s).
 EVENTS_CAP = 16_384
 #: Durations a statement text's list holds before hooks fall back to the queue.
-TEXT_CAP = 16_384
+TEXT_CAP = 8_192
 #: Statement texts per engine with a tally of their own (the first ones the worker
 #: sees; the rest use the queue). With the caps, an engine's tallies hold at most
-#: about 9 MB while the worker is stopped, about what the queue holds at its bound.
+#: about 5 MB (32 bytes a duration) while the worker is stopped.
 MAX_TEXTS = 16
 
 

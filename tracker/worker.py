@@ -175,11 +175,12 @@ class Worker:
             self._lost(exc)
 
     def process(self, items: list[tuple[Any, ...]]) -> None:
-        # The three kinds of every checkout + statement are handled inline: the worker
-        # shares the GIL with the application, so its time per event is the app's too.
-        # Per item it only appends the duration to its engine's Batch, which counts
-        # them in at the end (a sort and a C call per bucket bound per list, instead of
-        # ~30 bytecodes per item for a checkout, ~80 for a statement).
+        # Most checkouts, checkins and statements arrive through the engines' tallies
+        # (_take_tallies); those that come queued (first sight of a text, sampled
+        # engines, full tallies) are handled inline: the worker shares the GIL with
+        # the application, so its time per event is the app's too. Per item it only
+        # appends the duration to its engine's Batch, which counts them in at the end
+        # (a sort and a C call per bucket bound per list).
         dispatch = self._dispatch
         stats_for = self.stats_for
         last_entry: Any = None

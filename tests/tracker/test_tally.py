@@ -209,14 +209,30 @@ def test_a_gone_engine_is_counted_to_the_last_then_forgotten(agent, tmp_path):
     assert agent.worker.stats[entry.id].counters["checkins"] == 2
 
 
-def test_a_forked_child_forgets_its_parents_tallies():
+def test_a_forked_child_forgets_its_parents_tallies(agent, tmp_path):
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    agent.snapshot()
+    with engine.connect() as conn:
+        conn.exec_driver_sql("select 1").all()
+    tally = _entry(agent, engine).tally
+    assert (len(tally.waits), len(tally.holds)) == (1, 1)
+    assert len(tally.texts["select 1"].durations) == 1
+    assert tally.pending()
+    agent.after_fork_in_child()  # what os.register_at_fork runs in a child
+    assert not tally.pending()
+    assert list(tally.texts) == ["select 1"]  # the texts keep their tallies
+    counters = agent.worker.stats.get(_entry(agent, engine).id)
+    assert counters is None  # the child's new worker starts from nothing
+    engine.dispose()
+
+
+def test_tally_pending_and_clear():
     tally = Tally()
     tally.waits.extend([0.1, 0.2])
-    tally.holds.append(0.3)
     tally.add_text("select 1")
-    tally.texts["select 1"].durations.append(0.01)
     tally.texts["select 1"].rows.append(4)
     assert tally.pending()
     tally.clear()
     assert not tally.pending()
-    assert list(tally.texts) == ["select 1"]  # the texts keep their tallies
