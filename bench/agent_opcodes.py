@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import agent_overhead as bench  # noqa: E402
-from sqlalchemy import Engine  # noqa: E402
+from sqlalchemy import Engine, select  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 import tracker  # noqa: E402
@@ -65,9 +65,20 @@ def orm_bulk_insert(engine: Engine, ops: int, start: int) -> None:
         session.commit()
 
 
+def orm_select_one_session(engine: Engine, ops: int, start: int) -> None:
+    """One Session for every lookup, as in SQLAlchemy's ``short_selects`` suite: the
+    same SELECT again and again with a new id (per-session counting and the repeat
+    detectors at work)."""
+    with Session(engine) as session:
+        for i in range(start, start + ops):
+            session.scalars(select(bench.Customer).where(
+                bench.Customer.id == bench._seed_id(i))).first()
+
+
 WORKLOADS: dict[str, tuple[Callable[[Engine, int, int], None], bool]] = {
     **{w.name: (w.run, w.inserts) for w in bench.WORKLOADS},
     "orm_bulk_insert": (orm_bulk_insert, True),
+    "orm_select_one_session": (orm_select_one_session, False),
 }
 
 

@@ -34,6 +34,22 @@ EVIDENCE_SQL = 500
 MAX_OPERATIONS = 5000
 
 
+def parameters_key(parameters: Any) -> int:
+    """A hash that tells one statement's parameter sets apart: of the tuple itself
+    (qmark and format drivers), of a dict's values (named and pyformat drivers: the
+    same statement has the same keys; hashing a dict raises, and its repr costs eight
+    times as much), or else of the repr (lists, unhashable values)."""
+    kind = type(parameters)
+    try:
+        if kind is tuple:
+            return hash(parameters)
+        if kind is dict:
+            return hash(tuple(parameters.values()))
+    except TypeError:  # an unhashable value (a list for an array column…)
+        pass
+    return hash(repr(parameters))
+
+
 class Detectors:
     """Thresholds plus the code that turns a crossed threshold into a finding."""
 
@@ -147,10 +163,12 @@ class Detectors:
                     {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
                      "table": fp.table},
                     engine=engine_id, session=session.sid))
-            if seen == 2:  # the first run is compared too
-                self._count_parameters(session, engine_id, statement, record[1])
+            sets = record[2]
+            if sets is None:  # its second run: the first run's parameters count too
+                sets = record[2] = {}
+                self._count_parameters(session, engine_id, statement, record[1], sets)
                 record[1] = None
-            self._count_parameters(session, engine_id, statement, parameters)
+            self._count_parameters(session, engine_id, statement, parameters, sets)
         elif (op in ("insert", "update") and seen == self.row_by_row
               and not (executemany or context.executemany)):
             if self.once(session, ("rows", statement)):
@@ -165,22 +183,23 @@ class Detectors:
                     engine=engine_id, session=session.sid))
 
     def _count_parameters(self, session: "SessionEntry", engine_id: str, statement: str,
-                          parameters: Any) -> None:
-        try:
-            key = (statement, hash(parameters))
-        except TypeError:  # a dict or a list: hash its text instead
-            key = (statement, hash(repr(parameters)))
-        counts = session.parameter_sets
-        if counts is None:
-            counts = session.parameter_sets = {}
-        seen = counts.get(key)
+                          parameters: Any, sets: dict[int, int]) -> None:
+        """One more run of ``statement`` with ``parameters``; ``sets`` counts its runs
+        by parameter set (in the statement's record of the session)."""
+        try:  # most drivers pass a tuple: hashed here, without a call
+            key = hash(parameters) if type(parameters) is tuple else parameters_key(
+                parameters)
+        except TypeError:  # a tuple holding an unhashable value
+            key = hash(repr(parameters))
+        seen = sets.get(key)
         if seen is None:
-            if len(counts) >= MAX_COUNTED:
+            if session.parameter_sets >= MAX_COUNTED:
                 return
+            session.parameter_sets += 1
             seen = 0
         seen += 1
-        counts[key] = seen
-        if seen == self.repeated and self.once(session, ("repeated", key)):
+        sets[key] = seen
+        if seen == self.repeated and self.once(session, ("repeated", statement, key)):
             fp = fingerprint(statement)
             evidence = {"sql": fp.sql[:EVIDENCE_SQL], "fp": fp.fp, "count": seen,
                         "table": fp.table}

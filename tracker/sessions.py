@@ -89,8 +89,10 @@ class SessionEntry:
     # for the detectors (tracker/detectors.py), created on first use:
     first: str | None = None        # the first statement's text and parameters, kept
     first_parameters: Any = None    # here until a second one makes ``stmts``
-    stmts: "dict[str, list[Any]] | None" = None        # text -> [runs, first parameters]
-    parameter_sets: "dict[tuple[str, int], int] | None" = None
+    #: text -> [runs, parameters of its first run (until its second), runs by
+    #: parameter set (a dict from the second run of a SELECT on, else None)]
+    stmts: "dict[str, list[Any]] | None" = None
+    parameter_sets = 0              # parameter sets counted in all of stmts (bound)
     lazy: "dict[str, int] | None" = None               # relationship -> SQL lazy loads
     reported: "set[Any] | None" = None                 # findings already reported
     in_lazy: str | None = None      # the relationship being lazily loaded now
@@ -409,16 +411,12 @@ def _repeats(entry: SessionEntry) -> list[list[Any]]:
     if not stmts:
         return []
     try:
-        runs = sorted(((record[0], text) for text, record in list(stmts.items())
-                       if record[0] > 1), reverse=True)[:MAX_REPEATS]
-        parameter_sets = list(entry.parameter_sets or ())
+        runs = sorted(((record[0], text, len(record[2] or ()))
+                       for text, record in list(stmts.items()) if record[0] > 1),
+                      reverse=True)[:MAX_REPEATS]
     except RuntimeError:  # changed while copied: next frame
         return []
-    out = []
-    for count, text in runs:
-        distinct = sum(1 for key in parameter_sets if key[0] == text)
-        out.append([cached(text).fp, count, distinct or -1])
-    return out
+    return [[cached(text).fp, count, distinct or -1] for count, text, distinct in runs]
 
 
 def _counts(session: "Session") -> tuple[int, int, int, int]:

@@ -184,6 +184,65 @@ def test_same_query_with_different_parameters_is_not_repeated(advisor, tmp_path)
     engine.dispose()
 
 
+def test_repeated_query_with_named_parameters(advisor, tmp_path):
+    """Drivers with named or pyformat parameters (psycopg, PyMySQL) pass a dict: its
+    parameter sets are told apart by their values, and an unhashable value (a list)
+    still counts."""
+    engine = _engine(tmp_path, paramstyle="named")
+    _findings(advisor)
+    with Session(engine) as session:
+        for name in ("Ann", "Bob", "Ann", "Bob", "Ann"):
+            session.execute(sa.select(Customer).where(Customer.name == name)).all()
+        entry = advisor.sessions.get(session)
+        ((text, record),) = entry.stmts.items()
+        assert text.endswith("WHERE retort_customer.name = :name_1")
+        # 5 runs, the dict parameters in 2 sets: Ann 3 times, Bob twice
+        assert record[0] == 5
+        assert sorted(record[2].values()) == [2, 3]
+        assert entry.parameter_sets == 2
+        sid = entry.sid
+        repeats = next(s for s in advisor.session_summaries(everything=True)[0]
+                       if s["id"] == sid)["repeats"]
+    found = _one(advisor, "repeated-query")
+    assert found["evidence"]["count"] == 3
+    assert found["message"].startswith("the same SELECT on retort_customer with the "
+                                       "same parameters ran 3 times in session")
+    assert [r[1:] for r in repeats] == [[5, 2]]
+    engine.dispose()
+
+
+def test_parameter_keys_tell_sets_apart_whatever_their_shape():
+    from tracker.detectors import parameters_key
+
+    assert parameters_key({"a": 1, "b": "x"}) == parameters_key({"a": 1, "b": "x"})
+    assert parameters_key({"a": 1, "b": "x"}) != parameters_key({"a": 2, "b": "x"})
+    assert parameters_key({"ids": [1, 2]}) == parameters_key({"ids": [1, 2]})
+    assert parameters_key({"ids": [1, 2]}) != parameters_key({"ids": [1, 3]})
+    assert parameters_key((1, [2])) == parameters_key((1, [2]))
+    assert parameters_key((1, [2])) != parameters_key((1, [3]))
+    assert parameters_key([1, 2]) == hash(repr([1, 2]))
+    assert parameters_key((1, "x")) == hash((1, "x"))
+
+
+def test_parameter_sets_counted_per_session_are_bounded(advisor, tmp_path, monkeypatch):
+    import tracker.detectors as detectors
+
+    monkeypatch.setattr(detectors, "MAX_COUNTED", 4)
+    engine = _engine(tmp_path)
+    _many_customers(engine, 7)  # 10 customers
+    _findings(advisor)
+    with Session(engine) as session:
+        for customer_id in (1, 2, 3, 4, 5, 6, 1, 1):
+            session.execute(sa.select(Customer.name).where(Customer.id == customer_id)).all()
+        entry = advisor.sessions.get(session)
+        ((_, record),) = entry.stmts.items()
+        # ids 1 to 4 counted, 5 and 6 past the bound; id 1 three times
+        assert entry.parameter_sets == 4
+        assert sorted(record[2].values()) == [1, 1, 1, 3]
+    assert _one(advisor, "repeated-query")["evidence"]["count"] == 3
+    engine.dispose()
+
+
 def test_similar_queries(advisor, tmp_path):
     engine = _engine(tmp_path)
     _many_customers(engine, 7)  # 10 customers

@@ -369,14 +369,14 @@ class EngineHooks:
                 session.first = statement
                 session.first_parameters = parameters
             else:
-                counts = session.stmts = {first: [1, session.first_parameters]}
+                counts = session.stmts = {first: [1, session.first_parameters, None]}
         detect = self.detectors
         if counts is not None:
             seen = counts.get(statement)
             if seen is None:
                 if len(counts) < MAX_COUNTED:
                     # the first parameters are kept: a repeat compares
-                    counts[statement] = [1, parameters]
+                    counts[statement] = [1, parameters, None]
             else:
                 seen[0] += 1
                 detect.on_repeat(session, engine_id, statement, seen, parameters,
