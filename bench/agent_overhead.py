@@ -78,6 +78,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tracker  # noqa: E402  (after the path tweak so the repo's package is used)
+from bare_hooks import BareHooks  # noqa: E402  (bench/, the script's own folder)
 
 #: Rows present for the select workloads; inserted rows above this are removed again.
 SEED_ROWS = 10_000
@@ -259,6 +260,21 @@ DASHBOARD: tuple[str, str] | None = None
 CONNECT_TIMEOUT = 10.0
 
 
+#: The pass-through hooks of the 'bare' mode (--bare), made for the bench's engine.
+BARE: BareHooks | None = None
+
+
+def set_mode(mode: str, errors: AgentErrors) -> None:
+    """Switch to ``mode``: "off", "bare" (pass-through hooks at the agent's
+    interception points, bench/bare_hooks.py) or "on" (see :func:`set_agent`)."""
+    if BARE is not None:
+        BARE.remove()
+    set_agent(mode == "on", errors)
+    if mode == "bare":
+        assert BARE is not None
+        BARE.install()
+
+
 def set_agent(on: bool, errors: AgentErrors) -> None:
     """Off: uninstrument. On: a fresh agent (worker running; streaming to DASHBOARD
     when set, connected before this returns), so that every 'on' run starts from the
@@ -284,11 +300,34 @@ def set_agent(on: bool, errors: AgentErrors) -> None:
             time.sleep(0.02)
 
 
+#: Time a fresh agent's first moments too (--cold), instead of its steady state.
+COLD = False
+#: Seconds settle() waits for the worker's round.
+SETTLE_TIMEOUT = 5.0
+
+
+def settle() -> None:
+    """With the agent on, wait until its worker has completed a round after the
+    warm-up: it has then seen the warm-up's statement texts through its queue and
+    given them their tallies (tracker/tally.py), the state an application's agent
+    reaches a quarter of a second after it first runs a statement. Until then every
+    statement takes the queue, the path of a text's first sight; ``--cold`` times
+    that instead (a fresh agent per run, the run's first 0.25 s mostly cold)."""
+    agent = tracker.current_agent()
+    if agent is None or COLD:
+        return
+    if not agent.worker.wait_round(SETTLE_TIMEOUT):
+        raise SystemExit(f"the agent's worker did not complete a round in "
+                         f"{SETTLE_TIMEOUT:.0f} s")
+
+
 def timed_run(engine: Engine, workload: Workload, ops: int, start: int) -> float:
-    """Seconds for ``ops`` operations, after a short warm-up and a full collection."""
+    """Seconds for ``ops`` operations, after a short warm-up, the agent's settling
+    and a full collection."""
     if workload.inserts:
         reset_inserts(engine)
     workload.run(engine, min(PRE_WARMUP_OPS, ops), start)
+    settle()
     gc.collect()
     t0 = time.perf_counter()
     workload.run(engine, ops, start)
@@ -300,15 +339,17 @@ class Result:
     name: str
     off: list[float] = field(default_factory=list)  # seconds per run
     on: list[float] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)  # only with --bare
 
-    def ratios(self) -> list[float]:
-        return [on / off for on, off in zip(self.on, self.off)]
+    def ratios(self, mode: str = "on") -> list[float]:
+        """Per round, the run in ``mode`` over the run with the agent off."""
+        return [run / off for run, off in zip(getattr(self, mode), self.off)]
 
-    def ratio(self) -> float:
-        return statistics.median(self.ratios())
+    def ratio(self, mode: str = "on") -> float:
+        return statistics.median(self.ratios(mode))
 
-    def us_per_op(self, ops: int, on: bool) -> float:
-        return statistics.median(self.on if on else self.off) / ops * 1e6
+    def us_per_op(self, ops: int, mode: str) -> float:
+        return statistics.median(getattr(self, mode)) / ops * 1e6
 
 
 def check_agent_attached(engine: Engine) -> None:
@@ -320,11 +361,11 @@ def check_agent_attached(engine: Engine) -> None:
         raise SystemExit("the agent did not wrap the pool's connect()")
 
 
-def warm_up(engine: Engine, ops: int, errors: AgentErrors) -> None:
-    """One untimed run of every workload in both modes."""
-    for on in (False, True):
-        set_agent(on, errors)
-        if on:
+def warm_up(engine: Engine, ops: int, errors: AgentErrors, modes: tuple[str, ...]) -> None:
+    """One untimed run of every workload in every mode."""
+    for mode in modes:
+        set_mode(mode, errors)
+        if mode == "on":
             check_agent_attached(engine)
         for workload in WORKLOADS:
             if workload.inserts:
@@ -333,19 +374,20 @@ def warm_up(engine: Engine, ops: int, errors: AgentErrors) -> None:
 
 
 def bench(engine: Engine, rounds: int, ops: int, errors: AgentErrors,
-          progress: Callable[[str], None]) -> list[Result]:
-    """Per round and workload one off/on pair; whichever goes first alternates
-    between workloads and from round to round."""
+          progress: Callable[[str], None],
+          modes: tuple[str, ...] = ("off", "on")) -> list[Result]:
+    """Per round and workload one run in each mode; the order is reversed from one
+    workload to the next and from round to round (so each mode goes first as often)."""
     results = [Result(w.name) for w in WORKLOADS]
     for r in range(rounds):
         t_round = time.perf_counter()
         for w, (workload, result) in enumerate(zip(WORKLOADS, results)):
-            order = (False, True) if (r + w) % 2 == 0 else (True, False)
-            for on in order:
-                set_agent(on, errors)
+            order = modes if (r + w) % 2 == 0 else modes[::-1]
+            for mode in order:
+                set_mode(mode, errors)
                 seconds = timed_run(engine, workload, ops, start=r * ops)
-                (result.on if on else result.off).append(seconds)
-        set_agent(False, errors)
+                getattr(result, mode).append(seconds)
+        set_mode("off", errors)
         progress(f"round {r + 1}/{rounds} done in {time.perf_counter() - t_round:.1f} s")
     return results
 
@@ -353,15 +395,18 @@ def bench(engine: Engine, rounds: int, ops: int, errors: AgentErrors,
 # -- report -------------------------------------------------------------------------
 
 
-def format_table(results: list[Result], ops: int) -> str:
+def format_table(results: list[Result], ops: int, bare: bool = False) -> str:
     width = max(len(r.name) for r in results)
-    header = (f"{'workload':<{width}} | {'off µs/op':>10} | {'on µs/op':>10} | "
+    bare_header = f" {'bare µs/op':>10} | {'bare':>6} |" if bare else ""
+    header = (f"{'workload':<{width}} | {'off µs/op':>10} |{bare_header} {'on µs/op':>10} | "
               f"{'ratio':>6} | per-round ratios")
     lines = [header, "-" * len(header)]
     for r in results:
         spread = " ".join(f"{x:.3f}" for x in r.ratios())
-        lines.append(f"{r.name:<{width}} | {r.us_per_op(ops, False):>10.1f} | "
-                     f"{r.us_per_op(ops, True):>10.1f} | {r.ratio():>6.3f} | {spread}")
+        bare_cells = (f" {r.us_per_op(ops, 'bare'):>10.1f} | {r.ratio('bare'):>6.3f} |"
+                      if bare else "")
+        lines.append(f"{r.name:<{width}} | {r.us_per_op(ops, 'off'):>10.1f} |{bare_cells} "
+                     f"{r.us_per_op(ops, 'on'):>10.1f} | {r.ratio():>6.3f} | {spread}")
     return "\n".join(lines)
 
 
@@ -371,6 +416,7 @@ def to_json(results: list[Result], args: argparse.Namespace, overall: float,
         "benchmark": "agent_overhead",
         "rounds": args.rounds,
         "dashboard": args.url,
+        "cold": args.cold,
         "ops": args.ops,
         "budget": args.budget,
         "overall_ratio": overall,
@@ -385,14 +431,19 @@ def to_json(results: list[Result], args: argparse.Namespace, overall: float,
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
         },
+        "bare_overall_ratio": (statistics.geometric_mean([r.ratio("bare") for r in results])
+                               if args.bare else None),
         "workloads": {
             r.name: {
-                "off_us_per_op": r.us_per_op(args.ops, False),
-                "on_us_per_op": r.us_per_op(args.ops, True),
+                "off_us_per_op": r.us_per_op(args.ops, "off"),
+                "on_us_per_op": r.us_per_op(args.ops, "on"),
                 "ratio": r.ratio(),
                 "round_ratios": r.ratios(),
                 "off_s": r.off,
                 "on_s": r.on,
+                **({"bare_us_per_op": r.us_per_op(args.ops, "bare"),
+                    "bare_ratio": r.ratio("bare"), "bare_round_ratios": r.ratios("bare"),
+                    "bare_s": r.bare} if args.bare else {}),
             }
             for r in results
         },
@@ -414,6 +465,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(ws://127.0.0.1:8000/ws/agent/); default: no dashboard")
     parser.add_argument("--token", default=os.environ.get("RETORT_TOKEN", ""),
                         help="the agent token for --url (default: $RETORT_TOKEN)")
+    parser.add_argument("--cold", action="store_true",
+                        help="time each fresh agent from its start, without waiting for "
+                        "its worker's first round (statements take the path of a "
+                        "text's first sight until then)")
+    parser.add_argument("--bare", action="store_true",
+                        help="also time a third mode, 'bare': pass-through hooks at the "
+                        "agent's interception points (bench/bare_hooks.py), the floor "
+                        "of what any agent hooked there costs")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.ops < 1:
         parser.error("--rounds and --ops must be at least 1")
@@ -423,30 +482,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global DASHBOARD
+    global DASHBOARD, BARE, COLD
     args = parse_args(argv)
+    COLD = args.cold
+    modes = ("off", "bare", "on") if args.bare else ("off", "on")
     DASHBOARD = (args.url, args.token) if args.url else None
     started = time.perf_counter()
     errors = AgentErrors()
     print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
           f"tracker {tracker.__version__}, {os.cpu_count()} CPUs; "
-          f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {args.ops} ops, off and on; "
+          f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {args.ops} ops, "
+          f"{', '.join(modes)}{' (cold agent)' if args.cold else ''}; "
           f"dashboard: {args.url or 'none'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="retort-bench-") as tmp:
         engine = make_engine(Path(tmp) / "bench.db")
         print(f"engine: {engine.url} pool={type(engine.pool).__name__}", flush=True)
+        BARE = BareHooks(engine) if args.bare else None
         try:
-            warm_up(engine, min(args.ops, 1_000), errors)
+            warm_up(engine, min(args.ops, 1_000), errors, modes)
             results = bench(engine, args.rounds, args.ops, errors,
-                            lambda line: print(line, flush=True))
+                            lambda line: print(line, flush=True), modes)
         finally:
-            set_agent(False, errors)
+            set_mode("off", errors)
             engine.dispose()
     elapsed = time.perf_counter() - started
     overall = statistics.geometric_mean([r.ratio() for r in results])
     passed = overall <= args.budget
     print()
-    print(format_table(results, args.ops))
+    print(format_table(results, args.ops, args.bare))
     print()
     if leftover_event_flags:
         print(f"note: uninstrument() left {', '.join(sorted(leftover_event_flags))} = True "
@@ -457,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: the agent counted {errors.count} internal error(s); "
               f"first: {errors.first}")
     print(f"elapsed: {elapsed:.1f} s")
+    if args.bare:
+        floor = statistics.geometric_mean([r.ratio("bare") for r in results])
+        print(f"bare hooks (the floor): {floor:.3f}; the agent's own work above it: "
+              f"{overall / floor:.3f}")
     print(f"overall: {overall:.3f} (budget {args.budget:.3f}) {'PASS' if passed else 'FAIL'}")
     if args.json is not None:
         args.json.write_text(json.dumps(

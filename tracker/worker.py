@@ -59,6 +59,8 @@ class Worker:
             if self.config.url else None
         )
         self._thread: threading.Thread | None = None
+        #: rounds completed (see wait_round)
+        self.rounds = 0
         self._wake = threading.Event()
         self._stopping = False
         self._next_state = 0.0
@@ -112,6 +114,19 @@ class Worker:
         if self.transport is not None:
             self.transport.abandon()
 
+    def wait_round(self, timeout: float) -> bool:
+        """Wake the worker and wait until it has completed a whole round that began
+        after this call (so it has taken everything recorded before it); False if the
+        worker is not running or ``timeout`` seconds passed first."""
+        target = self.rounds + 2  # the round under way may have drained already
+        deadline = time.monotonic() + timeout
+        while self.rounds < target:
+            if not self.alive or time.monotonic() > deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.001)
+        return True
+
     def _run(self) -> None:
         while not self._stopping:
             try:
@@ -119,6 +134,7 @@ class Worker:
             except Exception as exc:  # the worker must survive anything
                 if self.recorder.count_error("worker", exc):
                     log.exception("retort agent: internal error (logged once)")
+            self.rounds += 1
             self._wake.wait(TICK)
             self._wake.clear()
         try:

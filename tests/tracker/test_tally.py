@@ -236,3 +236,24 @@ def test_tally_pending_and_clear():
     assert tally.pending()
     tally.clear()
     assert not tally.pending()
+
+
+def test_wait_round_returns_once_a_running_worker_has_published_the_texts(tmp_path):
+    import tracker
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    handle = tracker.instrument(url=None, app="tests")
+    try:
+        worker = handle.agent.worker
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1").all()
+        tally = _entry(handle.agent, engine).tally
+        before = worker.rounds
+        assert worker.wait_round(5.0) is True
+        assert worker.rounds >= before + 2
+        assert "select 1" in tally.texts
+    finally:
+        tracker.uninstrument()
+    # a stopped worker never completes another round: no wait for the timeout
+    assert worker.wait_round(5.0) is False
+    engine.dispose()
