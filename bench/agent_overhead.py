@@ -71,7 +71,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import sqlalchemy
-from sqlalchemy import Engine, String, create_engine, delete, event, insert, select
+from sqlalchemy import (Engine, String, create_engine, delete, event, insert, literal_column,
+                        select)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -109,6 +110,13 @@ CUSTOMER = Customer.__table__
 SELECT_CORE = select(CUSTOMER.c.id, CUSTOMER.c.name, CUSTOMER.c.description).where(
     CUSTOMER.c.id == sqlalchemy.bindparam("id"))
 INSERT_CORE = insert(CUSTOMER)
+#: Distinct statement texts of core_select_many_texts: an application runs dozens to
+#: hundreds of texts per engine, not the one or two of the other workloads.
+MANY_TEXTS = 64
+SELECTS_MANY = [
+    select(CUSTOMER.c.id, CUSTOMER.c.name, literal_column(str(k)).label("k")).where(
+        CUSTOMER.c.id == sqlalchemy.bindparam("id"))
+    for k in range(MANY_TEXTS)]
 
 
 def _fast_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
@@ -179,6 +187,13 @@ def core_select_one_conn(engine: Engine, ops: int, start: int) -> None:
             conn.execute(SELECT_CORE, {"id": _seed_id(i)}).first()
 
 
+def core_select_many_texts(engine: Engine, ops: int, start: int) -> None:
+    """One connection, one select per lookup, cycling through MANY_TEXTS texts."""
+    with engine.connect() as conn:
+        for i in _ids(ops, start):
+            conn.execute(SELECTS_MANY[i % MANY_TEXTS], {"id": _seed_id(i)}).first()
+
+
 def orm_insert(engine: Engine, ops: int, start: int) -> None:
     """New Session per insert: add one Customer, commit."""
     for i in _ids(ops, start):
@@ -206,6 +221,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("orm_select", orm_select),
     Workload("core_select_conn_per_op", core_select_conn_per_op),
     Workload("core_select_one_conn", core_select_one_conn),
+    Workload("core_select_many_texts", core_select_many_texts),
     Workload("orm_insert", orm_insert, inserts=True),
     Workload("core_insert", core_insert, inserts=True),
 )
@@ -361,13 +377,14 @@ def check_agent_attached(engine: Engine) -> None:
         raise SystemExit("the agent did not wrap the pool's connect()")
 
 
-def warm_up(engine: Engine, ops: int, errors: AgentErrors, modes: tuple[str, ...]) -> None:
+def warm_up(engine: Engine, ops: int, errors: AgentErrors, modes: tuple[str, ...],
+            workloads: tuple[Workload, ...] = WORKLOADS) -> None:
     """One untimed run of every workload in every mode."""
     for mode in modes:
         set_mode(mode, errors)
         if mode == "on":
             check_agent_attached(engine)
-        for workload in WORKLOADS:
+        for workload in workloads:
             if workload.inserts:
                 reset_inserts(engine)
             workload.run(engine, ops, 0)
@@ -375,13 +392,14 @@ def warm_up(engine: Engine, ops: int, errors: AgentErrors, modes: tuple[str, ...
 
 def bench(engine: Engine, rounds: int, ops: int, errors: AgentErrors,
           progress: Callable[[str], None],
-          modes: tuple[str, ...] = ("off", "on")) -> list[Result]:
+          modes: tuple[str, ...] = ("off", "on"),
+          workloads: tuple[Workload, ...] = WORKLOADS) -> list[Result]:
     """Per round and workload one run in each mode; the order is reversed from one
     workload to the next and from round to round (so each mode goes first as often)."""
-    results = [Result(w.name) for w in WORKLOADS]
+    results = [Result(w.name) for w in workloads]
     for r in range(rounds):
         t_round = time.perf_counter()
-        for w, (workload, result) in enumerate(zip(WORKLOADS, results)):
+        for w, (workload, result) in enumerate(zip(workloads, results)):
             order = modes if (r + w) % 2 == 0 else modes[::-1]
             for mode in order:
                 set_mode(mode, errors)
@@ -465,6 +483,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(ws://127.0.0.1:8000/ws/agent/); default: no dashboard")
     parser.add_argument("--token", default=os.environ.get("RETORT_TOKEN", ""),
                         help="the agent token for --url (default: $RETORT_TOKEN)")
+    parser.add_argument("--workloads", help="comma-separated names (default: all of "
+                        + ", ".join(w.name for w in WORKLOADS) + ")")
     parser.add_argument("--cold", action="store_true",
                         help="time each fresh agent from its start, without waiting for "
                         "its worker's first round (statements take the path of a "
@@ -478,6 +498,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rounds and --ops must be at least 1")
     if args.url and not args.token:
         parser.error("--url needs --token (or RETORT_TOKEN)")
+    if args.workloads:
+        known = {w.name for w in WORKLOADS}
+        wanted = [name.strip() for name in args.workloads.split(",") if name.strip()]
+        unknown = sorted(set(wanted) - known)
+        if unknown or not wanted:
+            parser.error(f"unknown workload(s): {', '.join(unknown) or '(none)'}")
+        args.workloads = wanted
     return args
 
 
@@ -486,12 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     COLD = args.cold
     modes = ("off", "bare", "on") if args.bare else ("off", "on")
+    workloads = tuple(w for w in WORKLOADS if not args.workloads or w.name in args.workloads)
     DASHBOARD = (args.url, args.token) if args.url else None
     started = time.perf_counter()
     errors = AgentErrors()
     print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
           f"tracker {tracker.__version__}, {os.cpu_count()} CPUs; "
-          f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {args.ops} ops, "
+          f"{args.rounds} rounds x {len(workloads)} workloads x {args.ops} ops, "
           f"{', '.join(modes)}{' (cold agent)' if args.cold else ''}; "
           f"dashboard: {args.url or 'none'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="retort-bench-") as tmp:
@@ -499,9 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine: {engine.url} pool={type(engine.pool).__name__}", flush=True)
         BARE = BareHooks(engine) if args.bare else None
         try:
-            warm_up(engine, min(args.ops, 1_000), errors, modes)
+            warm_up(engine, min(args.ops, 1_000), errors, modes, workloads)
             results = bench(engine, args.rounds, args.ops, errors,
-                            lambda line: print(line, flush=True), modes)
+                            lambda line: print(line, flush=True), modes, workloads)
         finally:
             set_mode("off", errors)
             engine.dispose()

@@ -20,7 +20,10 @@ How it runs
     then for each of ``--rounds`` rounds, for each test of the suite, one timed run with
     the agent off and one with it on, in an order that alternates between tests and
     rounds. The suite's ``setup`` (which recreates its tables) runs before every timed
-    run, outside the timing, and ``gc.collect()`` too. "Off" and "on" are those of
+    run, outside the timing, then the test itself with n=50, then (agent on) the
+    agent's worker completes a round, so the agent is timed in its steady state, as in
+    an application that has run for a quarter of a second (``--cold`` times each fresh
+    agent from its start instead), and ``gc.collect()``. "Off" and "on" are those of
     bench/agent_overhead.py: ``tracker.uninstrument()`` with SQLAlchemy's leftover event
     flags reset, and ``tracker.instrument(url=None)`` (default tracking, worker running,
     no dashboard). The database is a SQLite file in ``/dev/shm`` when it exists (no disk
@@ -93,10 +96,17 @@ def examples_dir(version: str) -> Path:
 # -- one suite, in its own process ------------------------------------------------------
 
 
-def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int) -> None:
+#: Operations a test runs untimed right before each timed run (after the setup).
+WARM_NUM = 50
+
+
+def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int,
+              cold: bool = False) -> None:
     """Print one JSON line per timed run: {"test", "on", "seconds"}."""
     sys.path.insert(0, str(ROOT / "bench"))
     import agent_overhead as switch  # the same off/on switching (puts ROOT on the path)
+
+    switch.COLD = cold
 
     # first on the path: this repository has an ``examples`` package of its own
     sys.path.insert(0, str(source))
@@ -115,6 +125,11 @@ def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int) -> No
         gc.collect()
         if profiler._setup:
             profiler._setup(dburl, False, num)
+        # a short run of the test, then (agent on) the worker's round: the agent has
+        # seen the test's statements, as in an application that has run a while
+        random.seed(seed)
+        test(min(WARM_NUM, num))
+        switch.settle()
         random.seed(seed)  # the same sample of ids in both modes
         gc.collect()
         t0 = time.perf_counter()
@@ -148,13 +163,15 @@ def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int) -> No
 # -- the report -------------------------------------------------------------------------
 
 
-def collect(suite: str, source: Path, dburl: str, num: int,
-            rounds: int) -> tuple[dict[str, dict[bool, list[float]]], int, str | None,
-                                  list[str]]:
+def collect(suite: str, source: Path, dburl: str, num: int, rounds: int,
+            cold: bool = False) -> tuple[dict[str, dict[bool, list[float]]], int,
+                                         str | None, list[str]]:
     """Run ``suite`` in a child process; its timings per test and mode, the agent's
     internal errors, and the tests left out because they fail without the agent."""
     command = [sys.executable, __file__, "--child", suite, "--examples", str(source),
                "--dburl", dburl, "--num", str(num), "--rounds", str(rounds)]
+    if cold:
+        command.append("--cold")
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{suite} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -191,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="an unpacked SQLAlchemy source tree (default: download it)")
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET)
     parser.add_argument("--json", type=Path, metavar="PATH")
+    parser.add_argument("--cold", action="store_true",
+                        help="time each fresh agent from its start (see "
+                        "bench/agent_overhead.py --cold)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        run_suite(args.child, args.examples, args.dburl, args.num, args.rounds)
+        run_suite(args.child, args.examples, args.dburl, args.num, args.rounds, args.cold)
         return 0
 
     import sqlalchemy
@@ -209,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown suite(s): {', '.join(unknown)}")
     source = args.examples or examples_dir(sqlalchemy.__version__)
     print(f"Python {platform.python_version()}, SQLAlchemy {sqlalchemy.__version__}, "
-          f"tracker {tracker.__version__}, {os.cpu_count()} CPUs; {args.rounds} rounds; "
+          f"tracker {tracker.__version__}, {os.cpu_count()} CPUs; {args.rounds} rounds"
+          f"{', cold agent' if args.cold else ''}; "
           f"examples from {source}", flush=True)
     started = time.perf_counter()
     shm = Path("/dev/shm")
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             dburl = args.dburl or f"sqlite:///{tmp}/{suite}.db"
             num = args.num or DEFAULT_NUM[suite]
             timings, errors, first, skipped = collect(suite, source, dburl, num,
-                                                      args.rounds)
+                                                      args.rounds, args.cold)
             suite_ratios = []
             print(f"{suite} (n={num})")
             for test in skipped:

@@ -19,33 +19,51 @@ counted. A statement text gets its tally only once the worker has seen it throug
 queue (its first sight is recorded there, with its code location), only while the
 engine's statements are recorded unsampled, and for at most MAX_TEXTS texts per
 engine; the others keep going through the queue.
+
+A text's durations and rows are C arrays (8 bytes a value, no object kept per value),
+so an application's hundreds of texts fit in a few MB. A text's arrays take at most
+its ``cap`` values between two rounds: the first FIRST_TEXTS texts of an engine (an
+application's busiest usually come first) start at TEXT_CAP_FIRST, the others at
+TEXT_CAP; the worker raises the cap of a text that ran more than half of it in a round
+(tally and queue together) to twice that count, up to TEXT_CAP_FIRST, while the sum of
+an engine's caps stays within TEXT_BUDGET: at most 2 x 8 x TEXT_BUDGET bytes (4 MB)
+per engine, with the worker stopped.
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 #: Values a checkout or checkin list holds before hooks fall back to the queue (a
 #: round's worth at 65,000 a second: the worker takes the lists every 0.25 s).
 EVENTS_CAP = 16_384
-#: Durations a statement text's list holds before hooks fall back to the queue.
-TEXT_CAP = 8_192
+#: The cap of each of an engine's first FIRST_TEXTS texts, and the most any text's
+#: cap is raised to: 32,000 a second, at a round every 0.25 s.
+TEXT_CAP_FIRST = 8_192
+FIRST_TEXTS = 16
+#: The first cap of the later texts: 2,000 a second.
+TEXT_CAP = 512
+#: The sum of an engine's text caps (the first 16 and 240 more at their first caps
+#: take 254,000 of it).
+TEXT_BUDGET = 262_144
 #: Statement texts per engine with a tally of their own (the first ones the worker
-#: sees; the rest use the queue). With the caps, an engine's tallies hold at most
-#: about 5 MB (32 bytes a duration) while the worker is stopped.
-MAX_TEXTS = 16
+#: sees; the rest use the queue).
+MAX_TEXTS = 256
 
 
 class TextTally:
     """One statement text's durations and reported rows since the worker's last
-    round (``rows`` only gets the counts a driver reported, i.e. above zero)."""
+    round (``rows`` only gets the counts a driver reported, i.e. above zero). Hooks
+    append while ``len(durations) < cap``; only the worker changes ``cap``."""
 
-    __slots__ = ("text", "durations", "rows")
+    __slots__ = ("text", "durations", "rows", "cap")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, cap: int = TEXT_CAP_FIRST) -> None:
         self.text = text
-        self.durations: list[float] = []
-        self.rows: list[int] = []
+        self.durations = array("d")
+        self.rows = array("q")
+        self.cap = cap
 
 
 class Tally:
@@ -53,7 +71,7 @@ class Tally:
     whole by the worker, never changed in place while published (a reader holding
     the previous dict still appends to tallies the worker keeps draining)."""
 
-    __slots__ = ("waits", "holds", "texts", "all_texts")
+    __slots__ = ("waits", "holds", "texts", "all_texts", "caps")
 
     def __init__(self) -> None:
         #: a checkout's wait for its connection, each (the checkout itself)
@@ -66,6 +84,8 @@ class Tally:
         #: for the engine's life, so a hook still holding an unpublished one loses
         #: nothing
         self.all_texts: dict[str, TextTally] = {}
+        #: the sum of the texts' caps (worker-only), within TEXT_BUDGET
+        self.caps = 0
 
     def add_text(self, text: str) -> None:
         """Give ``text`` a tally of its own, if it has none and there is room
@@ -74,10 +94,27 @@ class Tally:
             return
         tally = self.all_texts.get(text)
         if tally is None:
-            if len(self.all_texts) >= MAX_TEXTS:
+            cap = TEXT_CAP_FIRST if len(self.all_texts) < FIRST_TEXTS else TEXT_CAP
+            if len(self.all_texts) >= MAX_TEXTS or self.caps + cap > TEXT_BUDGET:
                 return
-            tally = self.all_texts[text] = TextTally(text)
+            tally = self.all_texts[text] = TextTally(text, cap)
+            self.caps += cap
         self.texts = {**self.texts, text: tally}
+
+    def grow(self, tally: TextTally, ran: int) -> None:
+        """The text of ``tally`` ran ``ran`` times in the worker's last round (through
+        its tally and the queue): raise its cap to twice that if it ran more than half
+        of it, up to TEXT_CAP_FIRST, within the budget (worker only)."""
+        cap = tally.cap
+        if ran * 2 <= cap or cap >= TEXT_CAP_FIRST:
+            return
+        wanted = cap
+        while wanted < ran * 2 and wanted < TEXT_CAP_FIRST:
+            wanted *= 2
+        wanted = min(wanted, cap + TEXT_BUDGET - self.caps)
+        if wanted > cap:
+            self.caps += wanted - cap
+            tally.cap = wanted
 
     def unpublish(self) -> None:
         """The engine's statements are switched off or sampled: hooks stop using the
@@ -99,12 +136,13 @@ class Tally:
             del tally.rows[:]
 
 
-def take(values: list[Any]) -> list[Any]:
-    """The values appended so far, removed from ``values`` (worker only; see the
-    module's note on why this is safe while application threads append)."""
+def take(values: "list[Any] | array[Any]") -> list[Any]:
+    """The values appended so far, removed from ``values`` (a list or an array), as a
+    list (worker only; see the module's note on why this is safe while application
+    threads append)."""
     n = len(values)
     if not n:
         return []
     taken = values[:n]
     del values[:n]
-    return taken
+    return taken if type(taken) is list else taken.tolist()

@@ -290,13 +290,17 @@ class Worker:
             tallied.remove(entry)
         for batch in batches.values():
             # texts counted through the queue this round get a tally: their next
-            # executions skip the queue
+            # executions skip the queue; a busy text's tally gets room for its rate
             entry = batch.entry
             if entry is not None and entry.statements and entry.sample == 1:
                 tally = entry.tally
-                for text in batch.durations:
-                    if text not in tally.texts:
+                published = tally.texts
+                for text, values in batch.durations.items():
+                    text_tally = published.get(text)
+                    if text_tally is None:
                         tally.add_text(text)
+                    else:
+                        tally.grow(text_tally, len(values))
 
     # -- aggregation -----------------------------------------------------------------
 

@@ -13,7 +13,9 @@ from tracker.hooks import engine as engine_hooks
 from tracker.hooks import pool as pool_hooks
 from tracker.hooks.engine import STATEMENT
 from tracker.hooks.pool import CHECKIN, WAIT
-from tracker.tally import MAX_TEXTS, Tally, take
+from tracker import tally as tally_module
+from tracker.tally import (FIRST_TEXTS, MAX_TEXTS, TEXT_BUDGET, TEXT_CAP, TEXT_CAP_FIRST,
+                           Tally, take)
 
 
 def _entry(agent, engine):
@@ -84,13 +86,13 @@ def test_a_text_gets_a_tally_once_the_worker_has_seen_it(agent, tmp_path):
     # now appended to the tallies, nothing queued
     assert _queued(agent, STATEMENT) == []
     assert len(tally.texts[insert].durations) == 7
-    assert tally.texts[insert].rows == [1] * 7
-    assert tally.texts[select].rows == []  # sqlite3 reports no rows for a SELECT
+    assert tally.texts[insert].rows.tolist() == [1] * 7
+    assert len(tally.texts[select].rows) == 0  # sqlite3 reports no rows for a SELECT
     agent.snapshot()
     assert (_shape(agent, engine, insert).count, _shape(agent, engine, insert).rows) == (8, 8)
     assert _shape(agent, engine, select).count == 8
     assert sum(_shape(agent, engine, select).buckets) == 8
-    assert tally.texts[insert].durations == []
+    assert len(tally.texts[insert].durations) == 0
     engine.dispose()
 
 
@@ -115,12 +117,12 @@ def test_checkouts_and_checkins_go_to_the_tally_and_count_exactly(agent, tmp_pat
 def test_a_full_tally_falls_back_to_the_queue(agent, tmp_path, monkeypatch):
     """The worker is behind: past the cap, the hooks queue as before; nothing is
     lost and the counts stay exact."""
-    monkeypatch.setattr(engine_hooks, "TEXT_CAP", 3)
     monkeypatch.setattr(pool_hooks, "EVENTS_CAP", 2)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.connect() as conn:
         conn.exec_driver_sql("select 1").all()
     agent.snapshot()
+    _entry(agent, engine).tally.texts["select 1"].cap = 3
     for _ in range(4):
         with engine.connect() as conn:
             for _ in range(3):
@@ -185,7 +187,7 @@ def test_tallied_texts_are_bounded_per_engine(agent, tmp_path):
     assert len(_queued(agent, STATEMENT)) == 5
     agent.snapshot()
     # all of them one shape ("select ?"): counted twice each
-    assert _shape(agent, engine, texts[0]).count == 2 * len(texts) == 42
+    assert _shape(agent, engine, texts[0]).count == 2 * len(texts) == 522
     engine.dispose()
 
 
@@ -256,4 +258,67 @@ def test_wait_round_returns_once_a_running_worker_has_published_the_texts(tmp_pa
         tracker.uninstrument()
     # a stopped worker never completes another round: no wait for the timeout
     assert worker.wait_round(5.0) is False
+    engine.dispose()
+
+
+def test_the_first_texts_get_the_large_cap_the_later_ones_the_small_one():
+    tally = Tally()
+    for n in range(FIRST_TEXTS + 2):
+        tally.add_text(f"select {n}")
+    caps = [tally.texts[f"select {n}"].cap for n in range(FIRST_TEXTS + 2)]
+    assert caps == [TEXT_CAP_FIRST] * FIRST_TEXTS + [TEXT_CAP] * 2
+    assert tally.caps == 16 * 8192 + 2 * 512 == 132_096
+    # durations and rows are C arrays: 8 bytes a value, taken as lists
+    later = tally.texts[f"select {FIRST_TEXTS}"]
+    later.durations.extend([0.5, 0.25])
+    later.rows.append(3)
+    assert take(later.durations) == [0.5, 0.25] and take(later.rows) == [3]
+    assert (len(later.durations), len(later.rows)) == (0, 0)
+
+
+def test_a_busy_text_gets_room_for_its_rate_within_the_budget(monkeypatch):
+    tally = Tally()
+    for n in range(FIRST_TEXTS + 1):
+        tally.add_text(f"select {n}")
+    busy = tally.texts[f"select {FIRST_TEXTS}"]
+    tally.grow(busy, 256)  # ran half its cap or less: unchanged
+    assert busy.cap == 512
+    tally.grow(busy, 700)  # twice 700 → 2048, the next doubling above 1400
+    assert (busy.cap, tally.caps) == (2048, 16 * 8192 + 2048)
+    tally.grow(busy, 100_000)  # never above the first texts' cap
+    assert (busy.cap, tally.caps) == (8192, 17 * 8192)
+    first = tally.texts["select 0"]
+    tally.grow(first, 100_000)
+    assert first.cap == 8192
+    # the budget: whatever is left of it, no more
+    monkeypatch.setattr(tally_module, "TEXT_BUDGET", 17 * 8192 + 1000)
+    tally.add_text("select late")
+    late = tally.texts["select late"]
+    assert tally.caps == 17 * 8192 + 512
+    tally.grow(late, 5000)
+    assert (late.cap, tally.caps) == (1000, 17 * 8192 + 1000)
+    tally.add_text("select later")  # no room for a cap of 512: it keeps the queue
+    assert "select later" not in tally.texts
+
+
+def test_a_text_that_overflows_its_cap_gets_a_larger_one_next_round(agent, tmp_path):
+    """Through the hooks and the worker: a later text running 1,500 times in a round
+    fills its 512 and queues the rest; the round raises its cap to 4,096."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    texts = [f"select {n}" for n in range(FIRST_TEXTS + 1)]
+    with engine.connect() as conn:
+        for text in texts:
+            conn.exec_driver_sql(text).all()
+    agent.snapshot()
+    tally = _entry(agent, engine).tally.texts[texts[-1]]
+    assert tally.cap == TEXT_CAP
+    with engine.connect() as conn:
+        for _ in range(1500):
+            conn.exec_driver_sql(texts[-1]).all()
+    assert len(tally.durations) == 512
+    assert len(_queued(agent, STATEMENT)) == 1500 - 512
+    agent.snapshot()
+    assert tally.cap == 4096
+    # one shape for all the texts ("select ?"): 17 first sights and the 1,500
+    assert _shape(agent, engine, texts[-1]).count == 17 + 1500
     engine.dispose()

@@ -36,7 +36,6 @@ from sqlalchemy.engine.default import DefaultDialect
 from ..detectors import MAX_COUNTED
 from ..locations import OFF
 from ..sessions import FLUSHING, _session_refs
-from ..tally import TEXT_CAP
 from . import ListenerSet
 
 if TYPE_CHECKING:
@@ -284,7 +283,7 @@ class EngineHooks:
                 if rows >= detect.large_rows:
                     detect.on_large(entry.id, session, statement, rows)
                 durations = tally.durations
-                if len(durations) < TEXT_CAP:
+                if len(durations) < tally.cap:
                     durations.append(seconds)
                     if rows > 0:
                         tally.rows.append(rows)
