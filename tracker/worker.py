@@ -267,6 +267,8 @@ class Worker:
                     batch.holds.extend(holds)
                 durations, rows = batch.durations, batch.rows
                 for text, text_tally in list(tally.all_texts.items()):
+                    if not text_tally.durations:
+                        continue  # (its rows are appended after its duration)
                     values = take(text_tally.durations)
                     if values:
                         known = durations.get(text)
