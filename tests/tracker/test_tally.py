@@ -171,13 +171,19 @@ def test_switching_statements_off_or_sampling_unpublishes_the_texts(agent, tmp_p
     engine.dispose()
 
 
-def test_tallied_texts_are_bounded_per_engine(agent, tmp_path):
+def _texts_seen(agent, tmp_path, count):
+    """An engine that ran ``count`` texts once each, seen by the worker since."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
-    texts = [f"select {n}" for n in range(MAX_TEXTS + 5)]
+    texts = [f"select {n}" for n in range(count)]
     with engine.connect() as conn:
         for text in texts:
             conn.exec_driver_sql(text).all()
     agent.snapshot()
+    return engine, texts
+
+
+def test_tallied_texts_are_bounded_per_engine(agent, tmp_path):
+    engine, texts = _texts_seen(agent, tmp_path, MAX_TEXTS + 5)
     tally = _entry(agent, engine).tally
     assert len(tally.texts) == len(tally.all_texts) == MAX_TEXTS
     with engine.connect() as conn:
@@ -304,12 +310,7 @@ def test_a_busy_text_gets_room_for_its_rate_within_the_budget(monkeypatch):
 def test_a_text_that_overflows_its_cap_gets_a_larger_one_next_round(agent, tmp_path):
     """Through the hooks and the worker: a later text running 1,500 times in a round
     fills its 512 and queues the rest; the round raises its cap to 4,096."""
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
-    texts = [f"select {n}" for n in range(FIRST_TEXTS + 1)]
-    with engine.connect() as conn:
-        for text in texts:
-            conn.exec_driver_sql(text).all()
-    agent.snapshot()
+    engine, texts = _texts_seen(agent, tmp_path, FIRST_TEXTS + 1)
     tally = _entry(agent, engine).tally.texts[texts[-1]]
     assert tally.cap == TEXT_CAP
     with engine.connect() as conn:
