@@ -194,6 +194,16 @@ def core_select_many_texts(engine: Engine, ops: int, start: int) -> None:
             conn.execute(SELECTS_MANY[i % MANY_TEXTS], {"id": _seed_id(i)}).first()
 
 
+def core_select_literal(engine: Engine, ops: int, start: int) -> None:
+    """One connection, the id written into the SQL: a new statement text every time,
+    as in an application that formats its values into its queries."""
+    with engine.connect() as conn:
+        for i in range(start, start + ops):
+            conn.exec_driver_sql(
+                f"SELECT id, name, description FROM customer WHERE id = {_seed_id(i)}"
+            ).first()
+
+
 def orm_insert(engine: Engine, ops: int, start: int) -> None:
     """New Session per insert: add one Customer, commit."""
     for i in _ids(ops, start):
@@ -222,6 +232,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("core_select_conn_per_op", core_select_conn_per_op),
     Workload("core_select_one_conn", core_select_one_conn),
     Workload("core_select_many_texts", core_select_many_texts),
+    Workload("core_select_literal", core_select_literal),
     Workload("orm_insert", orm_insert, inserts=True),
     Workload("core_insert", core_insert, inserts=True),
 )

@@ -165,7 +165,7 @@ class Batch:
     counting is done per list, mostly in C."""
 
     __slots__ = ("stats", "entry", "weight", "waits", "holds", "durations", "rows",
-                 "stacks")
+                 "stacks", "deferred")
 
     def __init__(self, stats: EngineStats, weight: int, entry: Any = None) -> None:
         self.stats = stats
@@ -184,6 +184,9 @@ class Batch:
         self.rows: dict[str, int] = {}
         #: (statement text, the stack captured where it was first seen)
         self.stacks: list[tuple[str, Any]] = []
+        #: texts seen the first time while the round's stack walks were spent
+        #: (tracker/hooks/engine.py DEFERRED): not located yet
+        self.deferred: set[str] = set()
 
     def apply(self) -> None:
         stats, weight = self.stats, self.weight

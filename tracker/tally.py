@@ -48,8 +48,10 @@ TEXT_CAP = 512
 #: take 254,000 of it).
 TEXT_BUDGET = 262_144
 #: Statement texts per engine with a tally of their own (the first ones the worker
-#: sees; the rest use the queue).
+#: sees run twice; the rest use the queue).
 MAX_TEXTS = 256
+#: Texts remembered as run once, per engine (forgotten all together beyond it).
+SEEN_ONCE_BOUND = 4_096
 
 
 class TextTally:
@@ -71,7 +73,7 @@ class Tally:
     whole by the worker, never changed in place while published (a reader holding
     the previous dict still appends to tallies the worker keeps draining)."""
 
-    __slots__ = ("waits", "holds", "texts", "all_texts", "caps")
+    __slots__ = ("waits", "holds", "texts", "all_texts", "caps", "seen_once")
 
     def __init__(self) -> None:
         #: a checkout's wait for its connection, each (the checkout itself)
@@ -86,6 +88,23 @@ class Tally:
         self.all_texts: dict[str, TextTally] = {}
         #: the sum of the texts' caps (worker-only), within TEXT_BUDGET
         self.caps = 0
+        #: texts the worker has seen run once, through the queue (worker-only)
+        self.seen_once: set[str] = set()
+
+    def recurs(self, text: str, runs: int) -> bool:
+        """Whether ``text``, run ``runs`` times through the queue in the worker's
+        round, has run before (or had a tally): only such a text is given a tally, so
+        that texts run once (values written into the SQL) do not take the engine's
+        MAX_TEXTS (worker only)."""
+        if runs > 1 or text in self.all_texts:
+            return True
+        seen = self.seen_once
+        if text in seen:
+            return True
+        if len(seen) >= SEEN_ONCE_BOUND:
+            seen.clear()
+        seen.add(text)
+        return False
 
     def add_text(self, text: str) -> None:
         """Give ``text`` a tally of its own, if it has none and there is room

@@ -19,6 +19,7 @@ from .hooks import pool as pool_hooks
 from .hooks import session as session_hooks
 from . import detectors
 from .stats import Batch, EngineStats
+from .registry import LOCATE_PER_ROUND
 from .tally import take
 from .transport import Transport, TransportError
 
@@ -35,6 +36,7 @@ log = logging.getLogger("tracker")
 TICK = 0.25
 
 _STATEMENT, _CHECKIN, _WAIT = engine_hooks.STATEMENT, pool_hooks.CHECKIN, pool_hooks.WAIT
+_DEFERRED = engine_hooks.DEFERRED
 #: Events kept while disconnected; older ones are dropped (counted) beyond this.
 MAX_PENDING_EVENTS = 10_000
 
@@ -227,6 +229,8 @@ class Worker:
                         rows[text] = rows.get(text, 0) + item[5]
                     if item[6]:
                         batch.stacks.append((text, item[6]))
+                    elif item[6] is _DEFERRED:
+                        batch.deferred.add(text)
                 elif kind is _WAIT:  # the worker counts it as the checkout
                     waits.append(item[2])
                 elif item[2] is not None:
@@ -250,6 +254,7 @@ class Worker:
         gone = None
         pooled: set[int] | None = None
         for entry in list(tallied):
+            entry.locate_left = LOCATE_PER_ROUND  # the first sights it may locate
             tally = entry.tally
             if tally.waits or tally.holds or tally.all_texts:
                 stats = self.stats_for(entry)
@@ -291,18 +296,19 @@ class Worker:
         for entry in gone or ():
             tallied.remove(entry)
         for batch in batches.values():
-            # texts counted through the queue this round get a tally: their next
-            # executions skip the queue; a busy text's tally gets room for its rate
+            # texts that recur get a tally once located: their next executions skip
+            # the queue; a busy text's tally gets room for its rate
             entry = batch.entry
             if entry is not None and entry.statements and entry.sample == 1:
                 tally = entry.tally
                 published = tally.texts
+                deferred = batch.deferred
                 for text, values in batch.durations.items():
                     text_tally = published.get(text)
-                    if text_tally is None:
-                        tally.add_text(text)
-                    else:
+                    if text_tally is not None:
                         tally.grow(text_tally, len(values))
+                    elif tally.recurs(text, len(values)) and text not in deferred:
+                        tally.add_text(text)
 
     # -- aggregation -----------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from tracker.hooks import engine as engine_hooks
 from tracker.hooks import pool as pool_hooks
 from tracker.hooks.engine import STATEMENT
 from tracker.hooks.pool import CHECKIN, WAIT
+from tracker.registry import LOCATE_PER_ROUND
 from tracker import tally as tally_module
 from tracker.tally import (FIRST_TEXTS, MAX_TEXTS, TEXT_BUDGET, TEXT_CAP, TEXT_CAP_FIRST,
                            Tally, take)
@@ -66,7 +67,7 @@ def test_take_loses_and_repeats_nothing_while_threads_append():
     assert values == []
 
 
-def test_a_text_gets_a_tally_once_the_worker_has_seen_it(agent, tmp_path):
+def test_a_text_gets_a_tally_once_the_worker_has_seen_it_run_twice(agent, tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.begin() as conn:
         conn.exec_driver_sql("create table t (x int)")
@@ -76,10 +77,16 @@ def test_a_text_gets_a_tally_once_the_worker_has_seen_it(agent, tmp_path):
         conn.exec_driver_sql(select).all()
     # first sight: through the queue, with its code location
     assert [item[3] for item in _queued(agent, STATEMENT)][-2:] == [insert, select]
+    assert all(item[6] for item in _queued(agent, STATEMENT)[-2:])
     agent.snapshot()
     tally = _entry(agent, engine).tally
+    assert not {insert, select} & set(tally.texts)  # run once: maybe never again
+    with engine.begin() as conn:
+        conn.exec_driver_sql(insert, (1,))
+        conn.exec_driver_sql(select).all()
+    agent.snapshot()
     assert {insert, select} <= set(tally.texts)
-    for i in range(1, 8):
+    for i in range(2, 9):
         with engine.begin() as conn:
             conn.exec_driver_sql(insert, (i,))
             conn.exec_driver_sql(select).all()
@@ -89,9 +96,9 @@ def test_a_text_gets_a_tally_once_the_worker_has_seen_it(agent, tmp_path):
     assert tally.texts[insert].rows.tolist() == [1] * 7
     assert len(tally.texts[select].rows) == 0  # sqlite3 reports no rows for a SELECT
     agent.snapshot()
-    assert (_shape(agent, engine, insert).count, _shape(agent, engine, insert).rows) == (8, 8)
-    assert _shape(agent, engine, select).count == 8
-    assert sum(_shape(agent, engine, select).buckets) == 8
+    assert (_shape(agent, engine, insert).count, _shape(agent, engine, insert).rows) == (9, 9)
+    assert _shape(agent, engine, select).count == 9
+    assert sum(_shape(agent, engine, select).buckets) == 9
     assert len(tally.texts[insert].durations) == 0
     engine.dispose()
 
@@ -120,7 +127,8 @@ def test_a_full_tally_falls_back_to_the_queue(agent, tmp_path, monkeypatch):
     monkeypatch.setattr(pool_hooks, "EVENTS_CAP", 2)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.connect() as conn:
-        conn.exec_driver_sql("select 1").all()
+        for _ in range(2):
+            conn.exec_driver_sql("select 1").all()
     agent.snapshot()
     _entry(agent, engine).tally.texts["select 1"].cap = 3
     for _ in range(4):
@@ -133,7 +141,7 @@ def test_a_full_tally_falls_back_to_the_queue(agent, tmp_path, monkeypatch):
     assert (len(tally.waits), len(tally.holds)) == (2, 2)
     assert (len(_queued(agent, WAIT)), len(_queued(agent, CHECKIN))) == (2, 2)
     agent.snapshot()
-    assert _shape(agent, engine, "select 1").count == 13
+    assert _shape(agent, engine, "select 1").count == 14
     counters = agent.worker.stats[_entry(agent, engine).id].counters
     assert (counters["checkouts"], counters["checkins"]) == (5, 5)
     assert agent.recorder.drops == {}
@@ -143,7 +151,8 @@ def test_a_full_tally_falls_back_to_the_queue(agent, tmp_path, monkeypatch):
 def test_switching_statements_off_or_sampling_unpublishes_the_texts(agent, tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.connect() as conn:
-        conn.exec_driver_sql("select 1").all()
+        for _ in range(2):
+            conn.exec_driver_sql("select 1").all()
     agent.snapshot()
     entry = _entry(agent, engine)
     assert "select 1" in entry.tally.texts
@@ -155,7 +164,7 @@ def test_switching_statements_off_or_sampling_unpublishes_the_texts(agent, tmp_p
     assert len(_queued(agent, STATEMENT)) == 3  # sampled: one in two
     agent.snapshot()
     assert entry.tally.texts == {}  # not given back while sampled
-    assert _shape(agent, engine, "select 1").count == 1 + 6
+    assert _shape(agent, engine, "select 1").count == 2 + 6
     entry.sample = 1
     with engine.connect() as conn:
         conn.exec_driver_sql("select 1").all()
@@ -166,24 +175,28 @@ def test_switching_statements_off_or_sampling_unpublishes_the_texts(agent, tmp_p
     with engine.connect() as conn:
         conn.exec_driver_sql("select 1").all()
     agent.snapshot()
-    assert _shape(agent, engine, "select 1").count == 1 + 6 + 1
+    assert _shape(agent, engine, "select 1").count == 2 + 6 + 1
     assert len(entry.tally.all_texts) == 1  # the same tally, given back each time
     engine.dispose()
 
 
 def _texts_seen(agent, tmp_path, count):
-    """An engine that ran ``count`` texts once each, seen by the worker since."""
+    """An engine that ran ``count`` texts twice a round, for as many rounds of the
+    worker as their first sights need (LOCATE_PER_ROUND located a round); and how many
+    times each ran."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     texts = [f"select {n}" for n in range(count)]
-    with engine.connect() as conn:
-        for text in texts:
-            conn.exec_driver_sql(text).all()
-    agent.snapshot()
-    return engine, texts
+    rounds = -(-count // LOCATE_PER_ROUND)
+    for _ in range(rounds):
+        with engine.connect() as conn:
+            for text in texts * 2:
+                conn.exec_driver_sql(text).all()
+        agent.snapshot()
+    return engine, texts, 2 * rounds
 
 
 def test_tallied_texts_are_bounded_per_engine(agent, tmp_path):
-    engine, texts = _texts_seen(agent, tmp_path, MAX_TEXTS + 5)
+    engine, texts, runs = _texts_seen(agent, tmp_path, MAX_TEXTS + 5)
     tally = _entry(agent, engine).tally
     assert len(tally.texts) == len(tally.all_texts) == MAX_TEXTS
     with engine.connect() as conn:
@@ -193,14 +206,16 @@ def test_tallied_texts_are_bounded_per_engine(agent, tmp_path):
     assert len(_queued(agent, STATEMENT)) == 5
     agent.snapshot()
     # all of them one shape ("select ?"): counted twice each
-    assert _shape(agent, engine, texts[0]).count == 2 * len(texts) == 522
+    assert runs == 10
+    assert _shape(agent, engine, texts[0]).count == (runs + 1) * len(texts) == 2871
     engine.dispose()
 
 
 def test_a_gone_engine_is_counted_to_the_last_then_forgotten(agent, tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.connect() as conn:
-        conn.exec_driver_sql("select 1").all()
+        for _ in range(2):
+            conn.exec_driver_sql("select 1").all()
     agent.snapshot()
     entry = _entry(agent, engine)
     with engine.connect() as conn:
@@ -213,14 +228,15 @@ def test_a_gone_engine_is_counted_to_the_last_then_forgotten(agent, tmp_path):
     agent.snapshot()
     assert entry not in agent.registry.tallied
     shape = agent.worker.stats[entry.id].by_text["select 1"]
-    assert shape.count == 2
+    assert shape.count == 3
     assert agent.worker.stats[entry.id].counters["checkins"] == 2
 
 
 def test_a_forked_child_forgets_its_parents_tallies(agent, tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
     with engine.connect() as conn:
-        conn.exec_driver_sql("select 1").all()
+        for _ in range(2):
+            conn.exec_driver_sql("select 1").all()
     agent.snapshot()
     with engine.connect() as conn:
         conn.exec_driver_sql("select 1").all()
@@ -254,7 +270,8 @@ def test_wait_round_returns_once_a_running_worker_has_published_the_texts(tmp_pa
     try:
         worker = handle.agent.worker
         with engine.connect() as conn:
-            conn.exec_driver_sql("select 1").all()
+            for _ in range(2):
+                conn.exec_driver_sql("select 1").all()
         tally = _entry(handle.agent, engine).tally
         before = worker.rounds
         assert worker.wait_round(5.0) is True
@@ -310,7 +327,7 @@ def test_a_busy_text_gets_room_for_its_rate_within_the_budget(monkeypatch):
 def test_a_text_that_overflows_its_cap_gets_a_larger_one_next_round(agent, tmp_path):
     """Through the hooks and the worker: a later text running 1,500 times in a round
     fills its 512 and queues the rest; the round raises its cap to 4,096."""
-    engine, texts = _texts_seen(agent, tmp_path, FIRST_TEXTS + 1)
+    engine, texts, runs = _texts_seen(agent, tmp_path, FIRST_TEXTS + 1)
     tally = _entry(agent, engine).tally.texts[texts[-1]]
     assert tally.cap == TEXT_CAP
     with engine.connect() as conn:
@@ -320,6 +337,36 @@ def test_a_text_that_overflows_its_cap_gets_a_larger_one_next_round(agent, tmp_p
     assert len(_queued(agent, STATEMENT)) == 1500 - 512
     agent.snapshot()
     assert tally.cap == 4096
-    # one shape for all the texts ("select ?"): 17 first sights and the 1,500
-    assert _shape(agent, engine, texts[-1]).count == 17 + 1500
+    # one shape for all the texts ("select ?"): 17 texts run twice, and the 1,500
+    assert runs == 2
+    assert _shape(agent, engine, texts[-1]).count == 2 * 17 + 1500
+    engine.dispose()
+
+
+def test_first_sights_walk_the_stack_at_most_so_often_a_round(agent, tmp_path):
+    """Values written into the SQL make a new text per statement: at most
+    LOCATE_PER_ROUND first sights a round walk the stack; the others are located at a
+    later sight, and texts run once take no tally."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    texts = [f"select {n} as c{n}" for n in range(LOCATE_PER_ROUND + 6)]  # 70 shapes
+    with engine.connect() as conn:
+        for text in texts:
+            conn.exec_driver_sql(text).all()
+    stacks = [item[6] for item in _queued(agent, STATEMENT) if item[3] in texts]
+    assert LOCATE_PER_ROUND == 64
+    assert [bool(stack) for stack in stacks] == [True] * 64 + [False] * 6
+    assert stacks[64:] == [engine_hooks.DEFERRED] * 6
+    agent.snapshot()
+    stats = agent.worker.stats[_entry(agent, engine).id]
+    located = [bool(stats.by_text[text].stack) for text in texts]
+    assert located == [True] * 64 + [False] * 6
+    tally = _entry(agent, engine).tally
+    assert not set(texts) & set(tally.texts)  # each ran once
+    with engine.connect() as conn:
+        for text in texts[64:]:
+            conn.exec_driver_sql(text).all()
+    agent.snapshot()  # the round gave back its walks: the six are located now
+    assert all(stats.by_text[text].stack for text in texts)
+    # run twice (once a round), located: a tally each
+    assert set(tally.texts) == set(texts[64:])
     engine.dispose()

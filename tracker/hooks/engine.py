@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 
 STATEMENT = "statement"
 STATEMENT_ERROR = "statement_error"
+#: A statement item's stack when its text's first sight found the round's stack walks
+#: spent (LOCATE_PER_ROUND): the worker then keeps the text off the tallies, so that a
+#: later sight of it takes the queue again and is located
+DEFERRED = False
 #: Statement texts whose first location was captured (cleared beyond this bound).
 MAX_LOCATED = 5000
 #: Sampling counters kept (one per engine entry; cleared beyond this bound).
@@ -395,13 +399,24 @@ class EngineHooks:
             detect.on_other_thread(session, engine_id)
 
     def _first_location(self, entry: "EngineEntry", statement: str) -> Any:
-        """Where a statement text is first seen: one stack walk per text."""
+        """Where a statement text is first seen: one stack walk per text, at most
+        LOCATE_PER_ROUND per engine per round of the worker. A text seen once the
+        round's walks are spent is left unlocated, to be located at a later sight; its
+        shape takes the location of the first of its texts located (tracker/stats.py),
+        so an application writing values into its SQL still gets a location per
+        shape without a stack walk per statement."""
+        mode = entry.locations or self.capture_locations
+        if mode == OFF:
+            return None
+        if entry.locate_left <= 0:
+            return DEFERRED
+        # (threads may race on the count: a walk or two more in a round, no harm)
+        entry.locate_left -= 1
         located = self._located
         if len(located) >= MAX_LOCATED:
             located.clear()
         located.add(statement)
-        mode = entry.locations or self.capture_locations
-        return self.finder.capture() if mode != OFF else None
+        return self.finder.capture()
 
     def _skip(self, entry: "EngineEntry") -> bool:
         """Sampling: True for all but one statement in ``entry.sample``."""
