@@ -198,10 +198,19 @@ class Batch:
             counters["checkins"] += len(self.holds)
             stats.hold.add_many(self.holds)
         by_text, changed = stats.by_text, stats.changed
+        # the texts of one shape counted together: texts with their values written in
+        # are one text per statement, and counting costs per list, not per value
+        by_shape: dict[int, tuple[StatementStats, list[float]]] = {}
         for text, values in self.durations.items():
+            shape = by_text.get(text) or stats.statement(text)
+            known = by_shape.get(id(shape))
+            if known is None:
+                by_shape[id(shape)] = (shape, values)
+            else:
+                known[1].extend(values)
+        for shape, values in by_shape.values():
             counters["statements"] += len(values) * weight
             stats.statement_time += sum(values) * weight
-            shape = by_text.get(text) or stats.statement(text)
             shape.add_many(values, weight)
             changed[shape.shape.fp] = shape
         for text, rows in self.rows.items():

@@ -139,3 +139,32 @@ def test_worker_batch_counts_statements_exactly_as_one_by_one(agent, tmp_path):
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_texts_of_one_shape_in_a_batch_are_counted_together_exactly(agent, tmp_path):
+    """Values written into the SQL: 30 texts, one shape; the batch counts them as one
+    list, with the count, buckets, sum and max of the items one by one."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("create table t (x int)")
+    agent.snapshot()
+    with engine.connect() as conn:
+        for n in range(30):
+            conn.exec_driver_sql(f"select x from t where x = {n}").all()
+    items = agent.recorder.drain()
+    seconds = [item[2] for item in items
+               if item[0] == "statement" and item[3].startswith("select x")]
+    assert len(seconds) == 30
+    agent.worker.process(items)
+    stats = agent.worker.stats[agent.registry.engines[id(engine)].id]
+    shapes = {id(shape): shape for text, shape in stats.by_text.items()
+              if text.startswith("select x")}
+    assert len(shapes) == 1
+    shape = next(iter(shapes.values()))
+    reference = _one_by_one(seconds)
+    assert shape.shape.sql == "select x from t where x = ?"
+    assert (shape.count, shape.buckets, shape.max) == (30, reference.buckets, max(seconds))
+    assert abs(shape.total - sum(seconds)) < 1e-12
+    assert stats.counters["statements"] == 1 + 30
+    assert stats.changed[shape.shape.fp] is shape
+    engine.dispose()
