@@ -24,7 +24,9 @@ How it runs
     (agent on) the
     agent's worker completes a round, so the agent is timed in its steady state, as in
     an application that has run for a quarter of a second (``--cold`` times each fresh
-    agent from its start instead), and ``gc.collect()``. "Off" and "on" are those of
+    agent from its start instead), and ``gc.collect()``; a run with the agent on also
+    counts the CPU time its worker spends right after the run on what the run recorded
+    (bench/agent_overhead.py ``worker_after``). "Off" and "on" are those of
     bench/agent_overhead.py: ``tracker.uninstrument()`` with SQLAlchemy's leftover event
     flags reset, and ``tracker.instrument(url=None)`` (default tracking, worker running,
     no dashboard). The database is a SQLite file in ``/dev/shm`` when it exists (no disk
@@ -137,7 +139,7 @@ def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int,
         gc.collect()
         t0 = time.perf_counter()
         test(num)
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 + switch.worker_after()
         if record:
             print(json.dumps({"test": test.__name__, "on": on, "seconds": seconds}),
                   flush=True)

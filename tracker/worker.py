@@ -100,6 +100,17 @@ class Worker:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def cpu_seconds(self) -> float | None:
+        """The CPU time the worker's thread has used, or None (not running, or no
+        per-thread clock on this platform): for benchmarks."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return None
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (AttributeError, OSError):
+            return None
+
     def stop(self, timeout: float) -> bool:
         """Send what is left (final state and ``bye``) and stop; True if done in time."""
         self._stopping = True

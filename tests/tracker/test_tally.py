@@ -273,14 +273,16 @@ def test_wait_round_returns_once_a_running_worker_has_published_the_texts(tmp_pa
             for _ in range(2):
                 conn.exec_driver_sql("select 1").all()
         tally = _entry(handle.agent, engine).tally
-        before = worker.rounds
+        before, cpu = worker.rounds, worker.cpu_seconds()
         assert worker.wait_round(5.0) is True
         assert worker.rounds >= before + 2
         assert "select 1" in tally.texts
+        assert isinstance(cpu, float) and worker.cpu_seconds() > cpu  # it worked
     finally:
         tracker.uninstrument()
     # a stopped worker never completes another round: no wait for the timeout
     assert worker.wait_round(5.0) is False
+    assert worker.cpu_seconds() is None
     engine.dispose()
 
 
