@@ -42,7 +42,13 @@ def fingerprint(statement: str) -> Fingerprint:
 
     Each pass runs only if the text holds what it could match (a plain ``in`` test is
     ~50 times cheaper than a regex pass): an application that writes its values into
-    its SQL has a new text, so a fingerprint, per statement."""
+    its SQL has a new text, so a fingerprint, per statement. The rest of the work is
+    done once per text with its values folded (:func:`_shape`)."""
+    return _shape(_fold_values(statement))
+
+
+def _fold_values(statement: str) -> str:
+    """``statement`` with its whitespace, literals and placeholders folded."""
     sql = " ".join(statement.split())  # runs of whitespace as one space, as \s+ → " "
     if "'" in sql:
         sql = _STRING.sub("?", sql)
@@ -50,7 +56,12 @@ def fingerprint(statement: str) -> Fingerprint:
         sql = _POSTCOMPILE.sub("(?)", sql)
     if "%" in sql or ":" in sql or "$" in sql:  # (a bare ? would stay ?)
         sql = _PLACEHOLDER.sub("?", sql)
-    sql = _NUMBER.sub("?", sql)
+    return _NUMBER.sub("?", sql)
+
+
+@functools.lru_cache(maxsize=1024)
+def _shape(sql: str) -> Fingerprint:
+    """The fingerprint of a statement whose values :func:`_fold_values` folded."""
     if "(?" in sql or "( ?" in sql:  # whitespace is single spaces by now
         sql = _IN_LIST.sub("IN (…)", sql)
     if ")," in sql or ") ," in sql:
