@@ -319,9 +319,10 @@ class EngineHooks:
                 if not self._attached:
                     return  # a wrapper someone else's wrapper kept alive
                 entry = self.registry.engine_entry(connection.engine)  # seen the first time
-            if not entry.statements:
+            # (the switches' slots read directly: their properties cost a call each)
+            if not entry._statements:
                 return
-            if entry.sample != 1 and self._skip(entry):
+            if entry._sample != 1 and self._skip(entry):
                 return
             session = None
             by_conn = self._by_conn
@@ -338,9 +339,11 @@ class EngineHooks:
                 # SELECT on sqlite3; psycopg and PyMySQL count the rows they buffered
                 rows = cursor.rowcount
                 stack = None
-                located = self._located
-                if statement not in located:
-                    stack = self._first_location(entry, statement)
+                if statement not in self._located:
+                    # the round's walks spent: no call (values written into the SQL
+                    # bring a new text per statement)
+                    stack = (self._first_location(entry, statement)
+                             if entry.locate_left > 0 else DEFERRED)
                 item = (STATEMENT, entry, seconds, statement, executemany, rows, stack)
                 detect = self.detectors
                 if seconds >= detect.slow:
