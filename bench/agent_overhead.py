@@ -347,7 +347,12 @@ def settle() -> None:
     agent = tracker.current_agent()
     if agent is None or COLD:
         return
-    if not agent.worker.wait_round(SETTLE_TIMEOUT):
+    wait_round(agent.worker)
+
+
+def wait_round(worker: Any) -> None:
+    """Wait for a whole round of ``worker`` (Worker.wait_round), or stop the bench."""
+    if not worker.wait_round(SETTLE_TIMEOUT):
         raise SystemExit(f"the agent's worker did not complete a round in "
                          f"{SETTLE_TIMEOUT:.0f} s")
 
@@ -380,9 +385,7 @@ def worker_after() -> float:
     spent = []
     for _ in range(2):  # the run's rounds, then as many idle ones
         before = worker.cpu_seconds()
-        if not worker.wait_round(SETTLE_TIMEOUT):
-            raise SystemExit(f"the agent's worker did not complete a round in "
-                             f"{SETTLE_TIMEOUT:.0f} s")
+        wait_round(worker)
         after = worker.cpu_seconds()
         if before is None or after is None:
             return 0.0

@@ -403,16 +403,14 @@ class EngineHooks:
 
     def _first_location(self, entry: "EngineEntry", statement: str) -> Any:
         """Where a statement text is first seen: one stack walk per text, at most
-        LOCATE_PER_ROUND per engine per round of the worker. A text seen once the
-        round's walks are spent is left unlocated, to be located at a later sight; its
-        shape takes the location of the first of its texts located (tracker/stats.py),
+        LOCATE_PER_ROUND per engine per round of the worker (the caller queues a text
+        seen once they are spent as DEFERRED, to be located at a later sight; its
+        shape takes the location of the first of its texts located, tracker/stats.py),
         so an application writing values into its SQL still gets a location per
         shape without a stack walk per statement."""
         mode = entry.locations or self.capture_locations
         if mode == OFF:
             return None
-        if entry.locate_left <= 0:
-            return DEFERRED
         # (threads may race on the count: a walk or two more in a round, no harm)
         entry.locate_left -= 1
         located = self._located
