@@ -23,12 +23,13 @@ How it runs
     The machine is assumed noisy, so runs are interleaved: for each of ``--rounds``
     rounds, for each workload, one run with the agent off and one with it on, the
     order alternating between workloads and rounds. Every workload is warmed up once
-    in both modes before the rounds start, and again briefly before each timed run
-    (after the agent was switched); with the agent on, its worker then completes a
-    round (the steady state: see :func:`settle`), and ``gc.collect()`` precedes each
-    timed run. An 'on' run's time includes the CPU time the worker spends right after
-    it on what it recorded (:func:`worker_after`): the application pays for it (the
-    GIL), though a short run ends before the worker's next round.
+    in both modes before the rounds start. Before each timed run (after the agent was
+    switched and a ``gc.collect()``), the workload itself runs busy for 0.3 s in every
+    mode, and with the agent on until its worker has also completed a round: the
+    steady state, and no idle CPU right before the timing (see :func:`heat`). An 'on'
+    run's time includes the CPU time the worker spends right after it on what it
+    recorded (:func:`worker_after`): the application pays for it (the GIL), though a
+    short run ends before the worker's next round.
 
 How to run it
     From the repository root (about 50 s on a 2-core machine with the defaults)::
@@ -333,21 +334,44 @@ def set_agent(on: bool, errors: AgentErrors) -> None:
 
 #: Time a fresh agent's first moments too (--cold), instead of its steady state.
 COLD = False
-#: Seconds settle() waits for the worker's round.
+#: Seconds wait_round() waits for a worker's round before giving up.
 SETTLE_TIMEOUT = 5.0
+#: Seconds of the workload itself that run, busy, right before each timed run, in
+#: every mode (see :func:`heat`).
+HEAT_SECONDS = 0.3
+#: Operations per call of the workload while heating.
+HEAT_CHUNK = 50
 
 
-def settle() -> None:
-    """With the agent on, wait until its worker has completed a round after the
-    warm-up: it has then seen the warm-up's statement texts through its queue and
-    given them their tallies (tracker/tally.py), the state an application's agent
-    reaches a quarter of a second after it first runs a statement. Until then every
-    statement takes the queue, the path of a text's first sight; ``--cold`` times
-    that instead (a fresh agent per run, the run's first 0.25 s mostly cold)."""
+def heat(run_chunk: Callable[[], None]) -> None:
+    """Run ``run_chunk`` (a short stretch of the workload about to be timed) again and
+    again, busy, for HEAT_SECONDS, and with the agent on (not ``--cold``) until its
+    worker has also completed a whole round that began after the first stretch.
+
+    Why busy: on these virtual machines a CPU that sat idle runs slower for the next
+    tens of milliseconds (measured: 100 ``orm_get`` operations right after a 0.3 s
+    sleep took 20-55% longer than without it; the effect fades over 30-60 ms of
+    work). Waiting idle for the worker's round right before an 'on' run, as this bench
+    once did, charged the agent for that. Now every mode runs the same busy stretch
+    right before its timed run; the 'on' runs' stretch lasts until the worker has
+    seen the workload's statement texts and given them their tallies
+    (tracker/tally.py), the state an application's agent reaches a quarter of a
+    second after it first runs a statement."""
     agent = tracker.current_agent()
-    if agent is None or COLD:
-        return
-    wait_round(agent.worker)
+    worker = agent.worker if agent is not None and not COLD else None
+    target = worker.rounds + 2 if worker is not None else 0  # as Worker.wait_round
+    deadline = time.perf_counter() + HEAT_SECONDS
+    give_up = time.perf_counter() + SETTLE_TIMEOUT
+    while True:
+        run_chunk()
+        now = time.perf_counter()
+        if now < deadline:
+            continue
+        if worker is None or worker.rounds >= target:
+            return
+        if not worker.alive or now > give_up:
+            raise SystemExit(f"the agent's worker did not complete a round in "
+                             f"{SETTLE_TIMEOUT:.0f} s")
 
 
 def wait_round(worker: Any) -> None:
@@ -358,14 +382,17 @@ def wait_round(worker: Any) -> None:
 
 
 def timed_run(engine: Engine, workload: Workload, ops: int, start: int) -> float:
-    """Seconds for ``ops`` operations, after a short warm-up, the agent's settling
-    and a full collection; with the agent on, plus the CPU time its worker spends
-    after the run on what the run recorded (see :func:`worker_after`)."""
+    """Seconds for ``ops`` operations, after a full collection and the busy warm-up of
+    :func:`heat` (``--cold``: a short warm-up only, the agent fresh); with the agent
+    on, plus the CPU time its worker spends after the run on what the run recorded
+    (see :func:`worker_after`)."""
     if workload.inserts:
         reset_inserts(engine)
-    workload.run(engine, min(PRE_WARMUP_OPS, ops), start)
-    settle()
     gc.collect()
+    if COLD:
+        workload.run(engine, min(PRE_WARMUP_OPS, ops), start)
+    else:
+        heat(lambda: workload.run(engine, HEAT_CHUNK, start))
     t0 = time.perf_counter()
     workload.run(engine, ops, start)
     return time.perf_counter() - t0 + worker_after()

@@ -19,12 +19,15 @@ How it runs
     whose test list is global). In that process the suite's ``setup_once`` runs once;
     then for each of ``--rounds`` rounds, for each test of the suite, one timed run with
     the agent off and one with it on, in an order that alternates between tests and
-    rounds. The suite's ``setup`` (which recreates its tables) runs before every timed
-    run, outside the timing, then the test itself with n=50 and the setup again, then
-    (agent on) the
-    agent's worker completes a round, so the agent is timed in its steady state, as in
-    an application that has run for a quarter of a second (``--cold`` times each fresh
-    agent from its start instead), and ``gc.collect()``; a run with the agent on also
+    rounds. Before every timed run, outside the timing, the test itself runs with n=50
+    again and again for 0.3 s, busy, with the suite's ``setup`` (which recreates its
+    tables) and a ``gc.collect()`` before each of these stretches and once more right
+    before the timed run. With the agent on the stretches go on until its worker has
+    completed a round, so the agent is timed in its steady state, as in an
+    application that has run for a quarter of a second (``--cold`` times each fresh
+    agent from its start instead); in both modes the CPU is busy right up to the timed
+    run (an idle CPU runs slower for the next tens of milliseconds on these machines:
+    bench/agent_overhead.py ``heat``). A run with the agent on also
     counts the CPU time its worker spends right after the run on what the run recorded
     (bench/agent_overhead.py ``worker_after``). "Off" and "on" are those of
     bench/agent_overhead.py: ``tracker.uninstrument()`` with SQLAlchemy's leftover event
@@ -121,22 +124,31 @@ def run_suite(suite: str, source: Path, dburl: str, num: int, rounds: int,
     if profiler._setup_once:
         profiler._setup_once(dburl, False, num)
 
-    def timed(test: Any, on: bool, seed: int, record: bool) -> None:
-        switch.set_agent(on, errors)
-        # before the setup: some tests leave a Session unclosed, in a reference cycle,
-        # and on a server database its open transaction would block the setup's DROP
+    def setup() -> None:
+        # a collection first: some tests leave a Session unclosed, in a reference
+        # cycle, and on a server database its open transaction would block the DROP
         gc.collect()
         if profiler._setup:
             profiler._setup(dburl, False, num)
-        # a short run of the test, then (agent on) the worker's round: the agent has
-        # seen the test's statements, as in an application that has run a while
+
+    def timed(test: Any, on: bool, seed: int, record: bool) -> None:
+        switch.set_agent(on, errors)
         random.seed(seed)
-        test(min(WARM_NUM, num))
-        if profiler._setup:  # without the warm-up's rows (test_flush_pk_given's ids)
-            profiler._setup(dburl, False, num)
-        switch.settle()
+
+        def stretch() -> None:
+            setup()  # the suite's setup between stretches (test_flush_pk_given's ids)
+            test(min(WARM_NUM, num))
+
+        # short runs of the test, busy, right up to the timing, in both modes (no idle
+        # CPU before the timed run); with the agent on, until its worker has completed
+        # a round: it has seen the test's statements, as in an application that has
+        # run a while (bench/agent_overhead.py heat)
+        if cold:  # one short run only: the agent is timed fresh
+            stretch()
+        else:
+            switch.heat(stretch)
+        setup()  # without the warm-up's rows
         random.seed(seed)  # the same sample of ids in both modes
-        gc.collect()
         t0 = time.perf_counter()
         test(num)
         seconds = time.perf_counter() - t0 + switch.worker_after()
