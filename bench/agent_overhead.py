@@ -346,7 +346,7 @@ HEAT_CHUNK = 50
 def heat(run_chunk: Callable[[], None]) -> None:
     """Run ``run_chunk`` (a short stretch of the workload about to be timed) again and
     again, busy, for HEAT_SECONDS, and with the agent on (not ``--cold``) until its
-    worker has also completed a whole round that began after the first stretch.
+    worker has also completed a whole round that began after the heating did.
 
     Why busy: on these virtual machines a CPU that sat idle runs slower for the next
     tens of milliseconds (measured: 100 ``orm_get`` operations right after a 0.3 s
