@@ -370,15 +370,19 @@ def heat(run_chunk: Callable[[], None]) -> None:
         if worker is None or worker.rounds >= target:
             return
         if not worker.alive or now > give_up:
-            raise SystemExit(f"the agent's worker did not complete a round in "
-                             f"{SETTLE_TIMEOUT:.0f} s")
+            no_round()
 
 
 def wait_round(worker: Any) -> None:
     """Wait for a whole round of ``worker`` (Worker.wait_round), or stop the bench."""
     if not worker.wait_round(SETTLE_TIMEOUT):
-        raise SystemExit(f"the agent's worker did not complete a round in "
-                         f"{SETTLE_TIMEOUT:.0f} s")
+        no_round()
+
+
+def no_round() -> None:
+    """Stop the bench: the agent's worker did not complete a round in time."""
+    raise SystemExit(f"the agent's worker did not complete a round in "
+                     f"{SETTLE_TIMEOUT:.0f} s")
 
 
 def timed_run(engine: Engine, workload: Workload, ops: int, start: int) -> float:
